@@ -1,0 +1,121 @@
+"""Convert a diffusers AudioLDM2 snapshot (or one component folder) to the litefocus_jax format.
+
+The output mirrors the snapshot's layout: each implemented component becomes `<name>/config.json` +
+`<name>/litefocus_jax_model.safetensors` (flat NNX paths, already in JAX layout, metadata naming the
+source and converter version); tokenizer, scheduler and feature-extractor folders and model_index.json
+are copied unchanged. Every component is validated strictly before anything is written, and the output
+folder appears atomically: a failure leaves no output behind.
+
+    python convert/convert_audioldm2.py SRC DST [--dtype bfloat16] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from litefocus_jax.loading import convert_unet_state
+from litefocus_jax.weights import ConversionError, find_weights, read_config, read_weights, save_converted, atomic_output_dir
+
+# component name -> (diffusers class names it accepts, converter: (tensors, config) -> flat NNX numpy)
+CONVERTERS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "unet": (("AudioLDM2UNet2DConditionModel",), convert_unet_state),
+}
+COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
+DTYPES = ("float32", "bfloat16")
+
+
+def _component_of(folder: Path, config: dict) -> str:
+    cls = config.get("_class_name")
+    for name, (classes, _) in CONVERTERS.items():
+        if cls in classes:
+            return name
+    raise ValueError(
+        f"{folder}: config.json names class {cls!r}; this converter handles {sorted(c for cs, _ in CONVERTERS.values() for c in cs)}."
+    )
+
+
+def _convert_folder(folder: Path, name: str) -> tuple[dict, dict]:
+    config = read_config(folder)
+    kind, file = find_weights(folder)
+    if kind == "converted":
+        raise ValueError(f"{folder} is already converted ({file.name}); load it directly.")
+    try:
+        flat = CONVERTERS[name][1](read_weights(file), config)
+    except ConversionError as e:
+        raise ConversionError(f"{folder}: {e}") from None
+    return flat, config
+
+
+def convert(src: str | Path, dst: str | Path, *, dtype: str = "float32", overwrite: bool = False, log=print) -> list[str]:
+    """Convert `src` (snapshot root with model_index.json, or one component folder) into `dst`.
+
+    Returns the converted component names. Raises before writing anything if any component fails.
+    """
+    src, dst = Path(src), Path(dst)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a folder; pass a diffusers AudioLDM2 snapshot or one of its component folders.")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; choose another destination or pass --overwrite.")
+    if (src / "model_index.json").is_file():
+        jobs = {name: src / name for name in CONVERTERS if (src / name).is_dir()}
+        if not jobs:
+            raise FileNotFoundError(f"{src}: a snapshot without any of the components {sorted(CONVERTERS)}.")
+    elif (src / "config.json").is_file():
+        jobs = {None: src}
+    else:
+        raise FileNotFoundError(f"{src}: neither model_index.json (a snapshot) nor config.json (a component folder).")
+
+    results = {}
+    for name, folder in jobs.items():  # everything is validated before the first byte is written
+        component = name or _component_of(folder, read_config(folder))
+        results[name] = (component, *_convert_folder(folder, component))
+
+    def save(target: Path, name):
+        component, flat, config = results[name]
+        save_converted(target, flat, config, component=component, source=str(jobs[name]), dtype=dtype)
+        log(f"converted {component}: {len(flat)} tensors -> {dst / (name or '')} ({dtype})")
+
+    def write(out: Path):
+        if None in results:
+            return save(out, None)
+        out.mkdir(parents=True)
+        for name in results:
+            save(out / name, name)
+        shutil.copy2(src / "model_index.json", out / "model_index.json")
+        for extra in COPIED:
+            if (src / extra).is_dir():
+                shutil.copytree(src / extra, out / extra)
+        skipped = sorted(p.name for p in src.iterdir() if p.is_dir() and p.name not in CONVERTERS and p.name not in COPIED)
+        if skipped:
+            log(f"not converted (not implemented in this version): {', '.join(skipped)}")
+
+    atomic_output_dir(dst, write, overwrite=overwrite)
+    return [component for component, _, _ in results.values()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="convert_audioldm2",
+        description="Convert a diffusers AudioLDM2 snapshot (or one component folder, e.g. unet/) to litefocus_jax safetensors.",
+    )
+    parser.add_argument("src", help="diffusers snapshot folder (with model_index.json) or a component folder (with config.json)")
+    parser.add_argument("dst", help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="stored parameter dtype (default float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists (atomically)")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
+    except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

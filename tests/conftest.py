@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny random-weight diffusers models saved with save_pretrained (a Hub snapshot's layout).
+
+torch and diffusers are the numerical reference and are imported unconditionally: a missing reference
+fails the parity tests, it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+import jax
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402,F401  (fail loudly at collection if the reference is missing)
+import diffusers  # noqa: E402,F401
+
+from tiny_models import TINY_UNET_CONFIGS, save_tiny_unet  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_dirs(tmp_path_factory):
+    """{name: folder} of saved tiny diffusers UNets (base-like, large-like, tts-like)."""
+    root = tmp_path_factory.mktemp("unets")
+    return {name: save_tiny_unet(name, root / name) for name in TINY_UNET_CONFIGS}
