@@ -4,8 +4,11 @@ See `litefocus_jax.conversion` for what is written; numpy only, torch is not nee
 """
 
 import sys
+from pathlib import Path
 
-from litefocus_jax.conversion import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
+
+from litefocus_jax.conversion import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """litefocus-jax: AudioLDM2 long-audio generation in JAX/Flax NNX with LiteFocus dual sparse attention."""
 
-from litefocus_jax.litefocus import LiteFocusConfig, LiteFocusPlan, make_comp_indices, make_plan
+from litefocus_jax.litefocus import LiteFocusConfig, LiteFocusPlan, indices_for_step, make_comp_indices, make_plan
 from litefocus_jax.loading import init_unet, load_unet
 from litefocus_jax.models.unet_audioldm2 import AudioLDM2UNet2DConditionModel, UNetConfig
 from litefocus_jax.weights import ConversionError
@@ -15,6 +15,7 @@ __all__ = [
     "UNetConfig",
     "init_unet",
     "load_unet",
+    "indices_for_step",
     "make_comp_indices",
     "make_plan",
 ]

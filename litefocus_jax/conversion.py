@@ -62,6 +62,8 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "float32", overwri
         raise FileNotFoundError(f"{src} is not a folder; pass a diffusers AudioLDM2 snapshot or one of its component folders.")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; choose another destination or pass --overwrite.")
+    if dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents:
+        raise ValueError(f"{dst} is {src} or contains it: converting there would delete the source; choose another folder.")
     if (src / "model_index.json").is_file():
         jobs = {name: src / name for name in CONVERTERS if (src / name).is_dir()}
         if not jobs:

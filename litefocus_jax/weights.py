@@ -176,7 +176,8 @@ def map_torch_state(
         out[path] = array
     for path, spec in targets.items():
         if path not in out and path not in mismatched:
-            errors.append(f"missing tensor for {what} parameter {path_str(path)!r} {tuple(spec.shape)}")
+            torch_key = path_str(path[:-1] + ("weight",)) if path[-1] in ("kernel", "scale", "embedding") else path_str(path)
+            errors.append(f"missing tensor for {what} parameter {path_str(path)!r} {tuple(spec.shape)} (torch key {torch_key!r})")
     if errors:
         shown = "\n  ".join(errors[:25])
         more = f"\n  ... and {len(errors) - 25} more" if len(errors) > 25 else ""
