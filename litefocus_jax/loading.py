@@ -47,17 +47,35 @@ def _unet_builder(cfg: UNetConfig, dtype, litefocus, seed=0, attention_implement
     )
 
 
+def convert_state(
+    source: Mapping[str, np.ndarray], build, *, what: str, converted: bool = False, **rules
+) -> dict[Path_, np.ndarray]:
+    """Map a torch (or converted) state dict onto the model `build()` would make; strict (see weights.py).
+
+    `rules` are `map_torch_state`'s rename / ignore / layouts for this model.
+    """
+    _, targets = abstract_params(build)
+    if converted:
+        return map_converted_state(source, targets, what)
+    return map_torch_state(source, targets, what=what, **rules)
+
+
+def load_module(folder: Path, build, *, dtype, what: str, **rules) -> nnx.Module:
+    """Read `folder`'s weights (torch or converted), validate them against `build()`, return the module."""
+    kind, file = find_weights(folder)
+    graphdef, targets = abstract_params(build)
+    source = read_weights(file)
+    if kind == "converted":
+        flat = map_converted_state(source, targets, what)
+    else:
+        flat = map_torch_state(source, targets, what=what, **rules)
+    return nnx.merge(graphdef, cast_tree(flat, dtype))
+
+
 def convert_unet_state(source: Mapping[str, np.ndarray], config: Mapping, *, converted: bool = False) -> dict[Path_, np.ndarray]:
     """Diffusers UNet state dict (or a converted one) -> flat {NNX path: numpy}, strictly validated."""
     cfg = UNetConfig.from_diffusers(config)
-    _, targets = abstract_params(_unet_builder(cfg, jnp.float32, None))
-    return _map_unet(source, targets, converted)
-
-
-def _map_unet(source, targets, converted: bool):
-    if converted:
-        return map_converted_state(source, targets, "AudioLDM2 UNet")
-    return map_torch_state(source, targets, ignore=UNET_IGNORE, what="AudioLDM2 UNet")
+    return convert_state(source, _unet_builder(cfg, jnp.float32, None), what="AudioLDM2 UNet", converted=converted, ignore=UNET_IGNORE)
 
 
 def load_unet(
@@ -81,12 +99,9 @@ def load_unet(
       encoder_attention_mask=None, encoder_attention_mask_1=None)` -> eps (B,T,F,C).
     """
     folder = resolve_component(path, "unet")
-    config = read_config(folder)
-    cfg = UNetConfig.from_diffusers(config)
-    kind, file = find_weights(folder)
-    graphdef, targets = abstract_params(_unet_builder(cfg, dtype, litefocus, 0, attention_implementation))
-    flat = _map_unet(read_weights(file), targets, converted=kind == "converted")
-    return nnx.merge(graphdef, cast_tree(flat, dtype))
+    cfg = UNetConfig.from_diffusers(read_config(folder))
+    build = _unet_builder(cfg, dtype, litefocus, 0, attention_implementation)
+    return load_module(folder, build, dtype=dtype, what="AudioLDM2 UNet", ignore=UNET_IGNORE)
 
 
 def init_unet(
