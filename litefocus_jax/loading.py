@@ -60,11 +60,16 @@ def convert_state(
     return map_torch_state(source, targets, what=what, **rules)
 
 
-def load_module(folder: Path, build, *, dtype, what: str, **rules) -> nnx.Module:
-    """Read `folder`'s weights (torch or converted), validate them against `build()`, return the module."""
-    kind, file = find_weights(folder)
+def load_module(folder: Path, build, *, dtype, what: str, prepare=None, **rules) -> nnx.Module:
+    """Read `folder`'s weights (torch or converted), validate them against `build()`, return the module.
+
+    `prepare(source, converted) -> source` rewrites the tensors first (weight-norm folding, tied embeddings).
+    """
+    kind, file = find_weights(Path(folder))
     graphdef, targets = abstract_params(build)
     source = read_weights(file)
+    if prepare is not None:
+        source = prepare(source, kind == "converted")
     if kind == "converted":
         flat = map_converted_state(source, targets, what)
     else:

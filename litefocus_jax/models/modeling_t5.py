@@ -332,16 +332,14 @@ def load_t5_encoder(path: str | os.PathLike, *, dtype=jnp.float32) -> T5EncoderM
     Returns:
       `T5EncoderModel`: `t5(input_ids (B, L), attention_mask (B, L)) -> last_hidden_state (B, L, d_model)`.
     """
-    # load_module reads and maps in one go; the tied-embedding rule needs the source first, hence the steps here.
-    from litefocus_jax.loading import resolve_component
-    from litefocus_jax.weights import abstract_params, cast_tree, find_weights, read_weights
+    from litefocus_jax.loading import load_module, resolve_component
 
     folder = resolve_component(path, COMPONENT)
     cfg = T5EncoderConfig.from_hf(read_config(folder))
-    kind, file = find_weights(folder)
-    graphdef, targets = abstract_params(_builder(cfg, dtype))
-    flat = _map(read_weights(file), targets, converted=kind == "converted")
-    return nnx.merge(graphdef, cast_tree(flat, dtype))
+    return load_module(
+        folder, _builder(cfg, dtype), dtype=dtype, what=WHAT, ignore=T5_IGNORE,
+        prepare=lambda source, converted: source if converted else untie_embedding(source),
+    )
 
 
 def init_t5_encoder(config: Mapping, *, seed: int = 0, dtype=jnp.float32) -> T5EncoderModel:

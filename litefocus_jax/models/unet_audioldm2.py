@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from litefocus_jax.litefocus import AUDIOLDM2_LATENT_FRAME_SECONDS, LiteFocusConfig, make_comp_indices, make_plan
