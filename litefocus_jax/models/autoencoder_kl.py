@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from litefocus_jax.models.layers import conv2d, group_norm, linear
+from litefocus_jax.models.layers import conv2d, functional, group_norm, linear
 from litefocus_jax.models.resnet import Downsample2D, Upsample2D
 from litefocus_jax.weights import (
     Path_,
@@ -355,12 +355,7 @@ class AutoencoderKL(nnx.Module):
         ("decode", "encode" or "__call__")."""
         if method not in ("decode", "encode", "__call__"):
             raise ValueError(f"VAE.functional: method must be 'decode', 'encode' or '__call__', got {method!r}.")
-        graphdef, state = nnx.split(self)
-
-        def apply(params, *args, **kwargs):
-            return getattr(nnx.merge(graphdef, params), method)(*args, **kwargs)
-
-        return apply, nnx.to_pure_dict(state)
+        return functional(self, method)
 
 
 # ---------------------------------------------------------------------------------------------- weights

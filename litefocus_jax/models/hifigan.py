@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from litefocus_jax.models.layers import kernel_init, ones_init, zeros_init
+from litefocus_jax.models.layers import functional, kernel_init, ones_init, zeros_init
 from litefocus_jax.weights import (
     Path_,
     abstract_params,
@@ -237,12 +237,7 @@ class SpeechT5HifiGan(nnx.Module):
 
     def functional(self) -> tuple[Callable[..., jax.Array], dict]:
         """A pure face for `jax.jit`: `(apply, params)` with `apply(params, mel) -> waveform`."""
-        graphdef, state = nnx.split(self)
-
-        def apply(params, mel):
-            return nnx.merge(graphdef, params)(mel)
-
-        return apply, nnx.to_pure_dict(state)
+        return functional(self)
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -92,3 +92,17 @@ def conv2d(
         rngs=rngs,
         **_DENSE_INIT,
     )
+
+
+def functional(module: nnx.Module, method: str = "__call__"):
+    """A pure face for `jax.jit`/`lax.scan`: `(apply, params)`, `apply(params, *args, **kwargs)` calling `method`.
+
+    `params` is a nested dict of arrays; the graph is closed over and `nnx.merge` runs inside whatever
+    transformation traces `apply` (cheaper per call than `nnx.jit`, JAX_PRACTICES.md §1).
+    """
+    graphdef, state = nnx.split(module)
+
+    def apply(params, *args, **kwargs):
+        return getattr(nnx.merge(graphdef, params), method)(*args, **kwargs)
+
+    return apply, nnx.to_pure_dict(state)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from litefocus_jax.models.layers import kernel_init, layer_norm, linear
+from litefocus_jax.models.layers import functional, kernel_init, layer_norm, linear
 from litefocus_jax.weights import Path_, read_config
 
 COMPONENT = "text_encoder"
@@ -328,12 +328,7 @@ class ClapTextWithProjection(nnx.Module):
 
         The graph is closed over; `nnx.merge` runs inside whatever transformation traces `apply`.
         """
-        graphdef, state = nnx.split(self)
-
-        def apply(params, input_ids, attention_mask=None):
-            return nnx.merge(graphdef, params)(input_ids, attention_mask)
-
-        return apply, nnx.to_pure_dict(state)
+        return functional(self)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from litefocus_jax.models.layers import linear, ones_init
+from litefocus_jax.models.layers import functional, linear, ones_init
 from litefocus_jax.models.modeling_clap import ACTIVATIONS, check_token_ids, embed
 from litefocus_jax.weights import ConversionError, Path_, read_config
 
@@ -272,12 +272,7 @@ class T5EncoderModel(nnx.Module):
 
     def functional(self) -> tuple[Callable[..., jax.Array], dict]:
         """A pure face for `jax.jit`: `(apply, params)` with `apply(params, input_ids, attention_mask)`."""
-        graphdef, state = nnx.split(self)
-
-        def apply(params, input_ids, attention_mask=None):
-            return nnx.merge(graphdef, params)(input_ids, attention_mask)
-
-        return apply, nnx.to_pure_dict(state)
+        return functional(self)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -18,7 +18,7 @@ from flax import nnx
 from litefocus_jax.litefocus import AUDIOLDM2_LATENT_FRAME_SECONDS, LiteFocusConfig, make_comp_indices, make_plan
 from litefocus_jax.models.attention_processor import LiteFocusCalls
 from litefocus_jax.models.embeddings import TimestepEmbedding, timestep_embedding
-from litefocus_jax.models.layers import conv2d, group_norm
+from litefocus_jax.models.layers import conv2d, functional, group_norm
 from litefocus_jax.models.unet_2d_blocks import (
     BlockConfig,
     Conditioning,
@@ -374,9 +374,4 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
         -> eps; params is a nested dict of arrays (the module's state). The graph is closed over, and
         `nnx.merge` runs inside whatever transformation traces `apply`.
         """
-        graphdef, state = nnx.split(self)
-
-        def apply(params, sample, timestep, *args, **kwargs):
-            return nnx.merge(graphdef, params)(sample, timestep, *args, **kwargs)
-
-        return apply, nnx.to_pure_dict(state)
+        return functional(self)
