@@ -18,36 +18,49 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from litefocus_jax.loading import convert_unet_state
-from litefocus_jax.weights import ConversionError, find_weights, read_config, read_weights, save_converted, atomic_output_dir
+from litefocus_jax.models.autoencoder_kl import convert_vae_state
+from litefocus_jax.models.hifigan import convert_vocoder_state
+from litefocus_jax.models.modeling_clap import convert_clap_text_state
+from litefocus_jax.models.modeling_t5 import convert_t5_encoder_state
+from litefocus_jax.weights import ConversionError, atomic_output_dir, find_weights, read_config, read_weights, save_converted
 
-# component name -> (diffusers class names it accepts, converter: (tensors, config) -> flat NNX numpy)
+# component folder -> (diffusers `_class_name`s or transformers `model_type`s it holds, converter:
+# (tensors, config) -> flat NNX numpy)
 CONVERTERS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "unet": (("AudioLDM2UNet2DConditionModel",), convert_unet_state),
+    "vae": (("AutoencoderKL",), convert_vae_state),
+    "vocoder": (("speecht5_hifigan",), convert_vocoder_state),
+    "text_encoder": (("clap",), convert_clap_text_state),
+    "text_encoder_2": (("t5",), convert_t5_encoder_state),
 }
 COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 DTYPES = ("float32", "bfloat16")
 
 
 def _component_of(folder: Path, config: dict) -> str:
-    cls = config.get("_class_name")
-    for name, (classes, _) in CONVERTERS.items():
-        if cls in classes:
+    kind = config.get("_class_name") or config.get("model_type")
+    for name, (kinds, _) in CONVERTERS.items():
+        if kind in kinds:
             return name
     raise ValueError(
-        f"{folder}: config.json names class {cls!r}; this converter handles {sorted(c for cs, _ in CONVERTERS.values() for c in cs)}."
+        f"{folder}: config.json describes {kind!r}; this converter handles {sorted(c for cs, _ in CONVERTERS.values() for c in cs)}."
     )
 
 
-def _convert_folder(folder: Path, name: str) -> tuple[dict, dict]:
+def _convert_folder(folder: Path, name: str | None) -> tuple[str, dict, dict]:
+    """Validate and convert one component folder; `name` is the snapshot slot it fills (None: any)."""
     config = read_config(folder)
-    kind, file = find_weights(folder)
-    if kind == "converted":
-        raise ValueError(f"{folder} is already converted ({file.name}); load it directly.")
+    component = _component_of(folder, config)
+    kind = config.get("_class_name") or config.get("model_type")
+    if name is not None and component != name:
+        raise ValueError(f"{folder}: config.json describes {kind!r} (a {component} component), not a {name}.")
+    if find_weights(folder)[0] == "converted":
+        raise ValueError(f"{folder} is already converted; load it directly.")
     try:
-        flat = CONVERTERS[name][1](read_weights(file), config)
-    except ConversionError as e:
-        raise ConversionError(f"{folder}: {e}") from None
-    return flat, config
+        flat = CONVERTERS[component][1](read_weights(find_weights(folder)[1]), config)
+    except (ConversionError, ValueError) as e:
+        raise type(e)(f"{folder} ({kind!r} -> {component}): {e}") from None
+    return component, flat, config
 
 
 def convert(src: str | Path, dst: str | Path, *, dtype: str = "float32", overwrite: bool = False, log=print) -> list[str]:
@@ -75,8 +88,7 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "float32", overwri
 
     results = {}
     for name, folder in jobs.items():  # everything is validated before the first byte is written
-        component = name or _component_of(folder, read_config(folder))
-        results[name] = (component, *_convert_folder(folder, component))
+        results[name] = _convert_folder(folder, name)
 
     def save(target: Path, name):
         component, flat, config = results[name]
