@@ -2,12 +2,15 @@
 
 from litefocus_jax.litefocus import LiteFocusConfig, LiteFocusPlan, indices_for_step, make_comp_indices, make_plan
 from litefocus_jax.loading import init_unet, load_unet
+from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline, AudioLDM2PipelineOutput, save_wav
 from litefocus_jax.models.unet_audioldm2 import AudioLDM2UNet2DConditionModel, UNetConfig
 from litefocus_jax.weights import ConversionError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioLDM2Pipeline",
+    "AudioLDM2PipelineOutput",
     "AudioLDM2UNet2DConditionModel",
     "ConversionError",
     "LiteFocusConfig",
@@ -18,4 +21,5 @@ __all__ = [
     "indices_for_step",
     "make_comp_indices",
     "make_plan",
+    "save_wav",
 ]

@@ -21,7 +21,9 @@ from litefocus_jax.loading import convert_unet_state
 from litefocus_jax.models.autoencoder_kl import convert_vae_state
 from litefocus_jax.models.hifigan import convert_vocoder_state
 from litefocus_jax.models.modeling_clap import convert_clap_text_state
+from litefocus_jax.models.modeling_gpt2 import convert_gpt2_state
 from litefocus_jax.models.modeling_t5 import convert_t5_encoder_state
+from litefocus_jax.models.projection_audioldm2 import convert_projection_model_state
 from litefocus_jax.weights import ConversionError, atomic_output_dir, find_weights, read_config, read_weights, save_converted
 
 # component folder -> (diffusers `_class_name`s or transformers `model_type`s it holds, converter:
@@ -32,6 +34,8 @@ CONVERTERS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "vocoder": (("speecht5_hifigan",), convert_vocoder_state),
     "text_encoder": (("clap",), convert_clap_text_state),
     "text_encoder_2": (("t5",), convert_t5_encoder_state),
+    "projection_model": (("AudioLDM2ProjectionModel",), convert_projection_model_state),
+    "language_model": (("gpt2",), convert_gpt2_state),
 }
 COPIED = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 DTYPES = ("float32", "bfloat16")

@@ -21,6 +21,7 @@ from litefocus_jax.models.autoencoder_kl import (
     load_vae,
 )
 from litefocus_jax.weights import ConversionError
+from tiny_models import perturb
 
 # AUDIOLDM2.md §4.1 at tiny widths; the scaling factor of cvssp/audioldm2.
 TINY_VAE_CONFIG = dict(
@@ -35,9 +36,7 @@ def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed)
     vae = AutoencoderKL(**TINY_VAE_CONFIG).eval()
     # Perturb every tensor (the default init zeroes biases and sets GroupNorm to identity) so every path counts.
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb(vae, 0.05)
     return vae
 
 

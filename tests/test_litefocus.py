@@ -14,7 +14,7 @@ import litefocus_jax as lj
 from litefocus_jax.presets import unet_config
 from litefocus_reference import ReleasedLiteFocusAttnProcessor
 from test_unet_audioldm2 import jax_unet_out, make_inputs, torch_unet_out
-from tiny_models import TINY_UNET_CONFIGS, build_tiny_unet
+from tiny_models import build_tiny_unet
 
 # ------------------------------------------------------------------------------------------ config
 

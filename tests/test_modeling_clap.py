@@ -16,6 +16,7 @@ from litefocus_jax.models.modeling_clap import (
     load_clap_text,
 )
 from litefocus_jax.weights import ConversionError, abstract_params, read_safetensors
+from tiny_models import perturb
 
 REL_TOL = 1e-5  # max |jax - torch| / max |torch| at fp32; reached ~1e-7 (see printed values)
 VOCAB = 261  # the tiny byte-level Roberta tokenizer of AUDIOLDM2.md §4.2: 4 specials + 256 bytes + <mask>
@@ -42,9 +43,7 @@ def build_tiny_clap(seed: int = 0) -> ClapModel:
     model = ClapModel(ClapConfig(text_config=text_cfg.to_dict(), audio_config=audio_cfg.to_dict(), projection_dim=16))
     model.eval()  # constructed models are in train mode (dropout)
     # Default init leaves LayerNorms at 1/0 and biases at 0: perturb so every parameter matters.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb(model, 0.1)
     return model.double()  # the cvssp checkpoint is stored in float64 too
 
 

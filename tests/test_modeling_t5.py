@@ -18,6 +18,7 @@ from litefocus_jax.models.modeling_t5 import (
     relative_position_buckets,
 )
 from litefocus_jax.weights import ConversionError, abstract_params, read_safetensors
+from tiny_models import perturb
 
 REL_TOL = 1e-5  # max |jax - torch| / max |torch| at fp32; reached ~5e-7 (see printed values)
 VOCAB = 156  # the tiny Unigram T5 tokenizer of AUDIOLDM2.md §4.2: 4 + 52 letters + 100 sentinels
@@ -39,9 +40,7 @@ def build_tiny_t5(feed_forward_proj: str = "gated-gelu", seed: int = 0) -> T5Enc
     model = T5EncoderModel(T5Config(vocab_size=VOCAB, d_model=24, d_ff=37, d_kv=8, num_heads=3, num_layers=2,
                                     feed_forward_proj=feed_forward_proj)).eval()
     # Default init leaves the RMSNorm scales at 1: perturb every parameter.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb(model, 0.1)
     return model
 
 

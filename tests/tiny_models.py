@@ -27,14 +27,18 @@ TINY_UNET_CONFIGS = {
 }
 
 
+def perturb(module: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """Add scale * N(0, 1) to every parameter: default inits zero biases, set norms to identity and leave some
+    layers (e.g. proj_out) near zero, which would hide layout mistakes."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return module
+
+
 def build_tiny_unet(name: str, seed: int = 0) -> AudioLDM2UNet2DConditionModel:
     torch.manual_seed(seed)
-    unet = AudioLDM2UNet2DConditionModel(**TINY_UNET_CONFIGS[name]).eval()
-    # Default init leaves some layers (e.g. proj_out) near zero; rescaled random weights exercise every path.
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return unet
+    return perturb(AudioLDM2UNet2DConditionModel(**TINY_UNET_CONFIGS[name]).eval(), 0.05)
 
 
 def save_tiny_unet(name: str, folder: Path, seed: int = 0) -> Path:

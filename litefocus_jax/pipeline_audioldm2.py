@@ -1,0 +1,384 @@
+"""Text in, waveform out: AudioLDM2 in JAX (diffusers `pipelines/audioldm2/pipeline_audioldm2.py`).
+
+Three jitted stages: text encoding (CLAP + Flan-T5 + projection + GPT2 generation), the whole denoising
+loop as one `lax.scan` (classifier-free guidance by batch doubling, LiteFocus indices as scanned data),
+and VAE decode + vocoder. Modules are split once into (graphdef, params); `nnx.merge` runs inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from litefocus_jax.litefocus import LiteFocusConfig, make_comp_indices, make_plan
+from litefocus_jax.loading import load_unet
+from litefocus_jax.models.autoencoder_kl import load_vae
+from litefocus_jax.models.hifigan import load_vocoder
+from litefocus_jax.models.modeling_clap import load_clap_text
+from litefocus_jax.models.modeling_gpt2 import generate_language_model, load_gpt2
+from litefocus_jax.models.modeling_t5 import load_t5_encoder
+from litefocus_jax.models.projection_audioldm2 import load_projection_model
+from litefocus_jax.schedulers import make_scheduler
+
+PIPELINE_CLASS = "AudioLDM2Pipeline"
+MODEL_COMPONENTS = ("text_encoder", "text_encoder_2", "projection_model", "language_model", "unet", "vae", "vocoder")
+REQUIRED = MODEL_COMPONENTS + ("tokenizer", "tokenizer_2", "scheduler")
+SCHEDULERS = ("ddim", "dpmsolver++")
+
+
+@dataclasses.dataclass
+class AudioLDM2PipelineOutput:
+    """audios: float32 (batch * num_waveforms_per_prompt, samples); sampling_rate: Hz."""
+
+    audios: np.ndarray
+    sampling_rate: int
+    latents: np.ndarray | None = None  # final latents, channels-last (B, T, F, C)
+
+
+def _resolve_snapshot(path_or_repo_id: str | os.PathLike) -> Path:
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_repo_id).count("/") != 1 or str(path_or_repo_id).startswith((".", "/")):
+        raise FileNotFoundError(f"{path} is not a snapshot folder (nor a Hub repo id like 'cvssp/audioldm2').")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path_or_repo_id)))
+    except Exception as e:  # offline, unknown repo, no access
+        raise FileNotFoundError(
+            f"{path_or_repo_id!r} is neither a local snapshot folder nor a downloadable Hub repo id ({type(e).__name__}: "
+            f"{e}). Download it where you have internet (huggingface-cli download cvssp/audioldm2 --local-dir DIR) "
+            "and pass DIR."
+        ) from e
+
+
+def _check_snapshot(root: Path) -> dict:
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{root}: model_index.json is missing; pass the root folder of an AudioLDM2 snapshot.")
+    index = json.loads(index_file.read_text())
+    if index.get("_class_name") != PIPELINE_CLASS:
+        raise ValueError(
+            f"{root}: model_index.json names {index.get('_class_name')!r}, not {PIPELINE_CLASS!r}: this is another model."
+        )
+    missing = [name for name in REQUIRED if not (root / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root}: the snapshot lacks component folder(s) {missing}; re-download or re-convert it.")
+    return index
+
+
+def _split(module):
+    graphdef, state = nnx.split(module)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+class AudioLDM2Pipeline:
+    """AudioLDM2 text-to-audio. Build with `from_pretrained`; call with a prompt (see `__call__`)."""
+
+    def __init__(self, *, tokenizer, tokenizer_2, text_encoder, text_encoder_2, projection_model, language_model, unet,
+                 vae, vocoder, scheduler_config: dict, scheduler: str = "ddim", dtype=jnp.float32):
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}.")
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.unet_config = unet.config
+        self.vae_scaling_factor = float(vae.config.scaling_factor)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.sampling_rate = int(vocoder.config.sampling_rate)
+        self.mel_bins = int(vocoder.config.model_in_dim)
+        self.vocoder_upsample_factor = float(np.prod(vocoder.config.upsample_rates)) / self.sampling_rate
+        unet.latent_frame_seconds = self.vae_scale_factor * self.vocoder_upsample_factor
+        self.max_new_tokens = int(getattr(language_model.config, "max_new_tokens", 8) or 8)
+        self.scheduler_config, self.scheduler = dict(scheduler_config), scheduler
+        self.dtype = dtype
+        self.modules = {
+            "text_encoder": _split(text_encoder),
+            "text_encoder_2": _split(text_encoder_2),
+            "projection_model": _split(projection_model),
+            "language_model": _split(language_model),
+            "unet": _split(unet),
+            "vae": _split(vae),
+            "vocoder": _split(vocoder),
+        }
+        self._unet = unet
+        self._jitted: dict = {}
+        if self.mel_bins % self.vae_scale_factor:
+            raise ValueError(f"vocoder model_in_dim {self.mel_bins} is not divisible by the VAE scale factor {self.vae_scale_factor}.")
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, dtype=jnp.float32, scheduler: str | None = None,
+                        attention_implementation: str | None = None) -> AudioLDM2Pipeline:
+        """Load a diffusers AudioLDM2 snapshot, its converted form, or a Hub repo id (when online).
+
+        Args:
+          path_or_repo_id: snapshot root (model_index.json + component folders) or e.g. "cvssp/audioldm2".
+          dtype: jnp.float32 or jnp.bfloat16 for every model (never float16: T5 overflows).
+          scheduler: "ddim" (the snapshot's own DDIM config) or "dpmsolver++" (2M multistep on the same betas).
+          attention_implementation: for the UNet's attention (None, "xla", "cudnn").
+        """
+        from transformers import AutoTokenizer
+
+        scheduler = scheduler or "ddim"
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}.")
+        if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {jnp.dtype(dtype).name} (T5 overflows in float16).")
+        root = _resolve_snapshot(path_or_repo_id)
+        _check_snapshot(root)
+        sched_file = root / "scheduler" / "scheduler_config.json"
+        if not sched_file.is_file():
+            raise FileNotFoundError(f"{sched_file} is missing.")
+        tokenizers = []
+        for name in ("tokenizer", "tokenizer_2"):
+            try:
+                tokenizers.append(AutoTokenizer.from_pretrained(root / name))
+            except Exception as e:
+                raise FileNotFoundError(f"{root / name}: cannot load the tokenizer ({type(e).__name__}: {e}).") from e
+        return cls(
+            tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1],
+            text_encoder=load_clap_text(root / "text_encoder", dtype=dtype),
+            text_encoder_2=load_t5_encoder(root / "text_encoder_2", dtype=dtype),
+            projection_model=load_projection_model(root / "projection_model", dtype=dtype),
+            language_model=load_gpt2(root / "language_model", dtype=dtype),
+            unet=load_unet(root / "unet", dtype=dtype, attention_implementation=attention_implementation),
+            vae=load_vae(root / "vae", dtype=dtype),
+            vocoder=load_vocoder(root / "vocoder", dtype=dtype),
+            scheduler_config=json.loads(sched_file.read_text()),
+            scheduler=scheduler,
+            dtype=dtype,
+        )
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def latent_frames(self, audio_length_in_s: float) -> tuple[int, int]:
+        """(latent time frames, original waveform samples) exactly as diffusers computes them."""
+        height = int(audio_length_in_s / self.vocoder_upsample_factor)
+        samples = int(audio_length_in_s * self.sampling_rate)
+        if height % self.vae_scale_factor:
+            height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
+        return height // self.vae_scale_factor, samples
+
+    def _check_call(self, prompt, negative_prompt, audio_length_in_s, num_inference_steps, guidance_scale,
+                    num_waveforms_per_prompt, latents):
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = list(prompt)
+        else:
+            raise ValueError(f"prompt must be a str or a non-empty list of str, got {prompt!r}.")
+        if negative_prompt is not None:
+            if isinstance(prompt, str) != isinstance(negative_prompt, str):
+                raise ValueError("negative_prompt must have the same type as prompt (str with str, list with list).")
+            if not isinstance(negative_prompt, str) and len(negative_prompt) != len(prompts):
+                raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompts)}; give one per prompt.")
+        min_length = self.vocoder_upsample_factor * self.vae_scale_factor
+        if audio_length_in_s is None:
+            audio_length_in_s = (self.unet_config.sample_size or 256) * min_length
+        if not isinstance(audio_length_in_s, (int, float)) or math.isnan(audio_length_in_s) or audio_length_in_s < min_length:
+            raise ValueError(
+                f"audio_length_in_s must be a number >= {min_length:g} s (one latent frame), got {audio_length_in_s!r}."
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}.")
+        if not isinstance(num_waveforms_per_prompt, int) or num_waveforms_per_prompt < 1:
+            raise ValueError(f"num_waveforms_per_prompt must be an int >= 1, got {num_waveforms_per_prompt!r}.")
+        if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale):
+            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+        frames, samples = self.latent_frames(float(audio_length_in_s))
+        shape = (len(prompts) * num_waveforms_per_prompt, frames, self.mel_bins // self.vae_scale_factor, self.unet_config.in_channels)
+        if latents is not None and tuple(np.shape(latents)) != shape:
+            raise ValueError(
+                f"latents must be channels-last {shape} (batch * num_waveforms_per_prompt, T, F, C) for "
+                f"{audio_length_in_s} s, got {tuple(np.shape(latents))}."
+            )
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        else:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        return prompts, negatives, shape, samples
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def _tokens(self, prompts, negatives, cfg: bool):
+        tok, tok2 = self.tokenizer, self.tokenizer_2
+        clap = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="np")
+        t5 = tok2(prompts, padding=True, max_length=tok2.model_max_length, truncation=True, return_tensors="np")
+        out = {"pos": (clap.input_ids, clap.attention_mask, t5.input_ids, t5.attention_mask)}
+        if cfg:
+            length = t5.input_ids.shape[1]  # the negative T5 branch is padded to the positive length
+            nclap = tok(negatives, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="np")
+            nt5 = tok2(negatives, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+            out["neg"] = (nclap.input_ids, nclap.attention_mask, nt5.input_ids, nt5.attention_mask)
+        return out
+
+    def _encode_fn(self):
+        if "encode" not in self._jitted:
+            m = self.modules
+            max_new = self.max_new_tokens
+
+            def encode(params, clap_ids, clap_mask, t5_ids, t5_mask):
+                clap = nnx.merge(m["text_encoder"][0], params["text_encoder"])(clap_ids, clap_mask)[:, None, :]
+                t5 = nnx.merge(m["text_encoder_2"][0], params["text_encoder_2"])(t5_ids, t5_mask)
+                proj = nnx.merge(m["projection_model"][0], params["projection_model"])
+                states, mask = proj(clap, t5, jnp.ones(clap.shape[:2], jnp.int32), t5_mask)
+                gpt2 = nnx.merge(m["language_model"][0], params["language_model"])
+                generated = generate_language_model(gpt2, states, mask, max_new)
+                return t5, generated
+
+            self._jitted["encode"] = jax.jit(encode)
+        return self._jitted["encode"]
+
+    def _params(self, *names):
+        return {n: self.modules[n][1] for n in names}
+
+    def encode_prompt(self, prompts, negatives, num_waveforms_per_prompt: int, cfg: bool):
+        """-> (t5 states (B', L, D1), t5 mask (B', L), GPT2 states (B', 8, D)); B' = [negatives;] positives x nw."""
+        params = self._params("text_encoder", "text_encoder_2", "projection_model", "language_model")
+        tokens = self._tokens(prompts, negatives, cfg)
+        branches = []
+        for key in (("neg", "pos") if cfg else ("pos",)):
+            clap_ids, clap_mask, t5_ids, t5_mask = (jnp.asarray(a) for a in tokens[key])
+            t5, generated = self._encode_fn()(params, clap_ids, clap_mask, t5_ids, t5_mask)
+            rep = partial(jnp.repeat, repeats=num_waveforms_per_prompt, axis=0)
+            branches.append((rep(t5), rep(t5_mask), rep(generated)))
+        return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*branches))
+
+    def _denoise_fn(self, num_steps: int, cfg: bool, litefocus, eta: float):
+        key = ("denoise", num_steps, cfg, litefocus, eta)
+        if key not in self._jitted:
+            graphdef = self.modules["unet"][0]
+            timesteps, state0, step_fn, _ = make_scheduler(self.scheduler, self.scheduler_config, num_steps, eta=eta)
+
+            def denoise(params, latents, t5, t5_mask, generated, guidance, comp, item_keys):
+                unet = nnx.merge(graphdef, params)
+
+                def body(carry, xs):
+                    x, state = carry
+                    i, t, idx = xs
+                    x_in = jnp.concatenate([x, x]) if cfg else x
+                    eps = unet(x_in, t, generated, t5, None, t5_mask, comp_indices=idx if litefocus else None, litefocus=litefocus)
+                    if cfg:
+                        uncond, cond = jnp.split(eps, 2)
+                        eps = uncond + guidance * (cond - uncond)
+                    noise = None
+                    if eta > 0:
+                        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(item_keys)
+                    state, x = step_fn(state, eps.astype(x.dtype), i, x, noise)
+                    return (x, state), None
+
+                n = len(timesteps)  # a DPM "trailing" schedule can hold fewer steps than asked for
+                comp = jax.tree_util.tree_map(lambda a: a[:n], comp)
+                (x, _), _ = jax.lax.scan(body, (latents, state0(latents)), (jnp.arange(n), jnp.asarray(timesteps), comp))
+                return x
+
+            self._jitted[key] = jax.jit(denoise)
+        return self._jitted[key]
+
+    def _decode_fn(self):
+        if "decode" not in self._jitted:
+            (vae_g, _), (voc_g, _) = self.modules["vae"], self.modules["vocoder"]
+            scale = self.vae_scaling_factor
+
+            def decode(params, latents):
+                mel = nnx.merge(vae_g, params["vae"]).decode(latents / scale)  # (B, 4T, mel_bins, 1)
+                return nnx.merge(voc_g, params["vocoder"])(mel[..., 0]).astype(jnp.float32)
+
+            self._jitted["decode"] = jax.jit(decode)
+        return self._jitted["decode"]
+
+    # ------------------------------------------------------------------------------------------ call
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        audio_length_in_s: float | None = None,
+        num_inference_steps: int = 200,
+        guidance_scale: float = 3.5,
+        num_waveforms_per_prompt: int = 1,
+        seed: int = 0,
+        latents=None,
+        litefocus: LiteFocusConfig | None = None,
+        eta: float = 0.0,
+        output_latents: bool = False,
+    ) -> AudioLDM2PipelineOutput:
+        """Generate audio.
+
+        Args:
+          prompt: a str or a list of str.
+          negative_prompt: same type and count as prompt; default "" (classifier-free guidance only).
+          audio_length_in_s: default unet.sample_size * 4 * 0.01 = 10.24 s. Lengths are rounded up to a
+            whole latent frame (0.04 s) and the waveform is trimmed back to the exact length, as diffusers.
+          num_inference_steps, guidance_scale (> 1 enables classifier-free guidance), eta (DDIM noise).
+          num_waveforms_per_prompt: waveforms per prompt, consecutive in the output (not CLAP re-ranked).
+          seed: the initial noise of item i is drawn from fold_in(PRNGKey(seed), i), so it does not depend
+            on the batch; it also seeds DDIM eta noise. LiteFocus subsets use `litefocus.seed`.
+          latents: channels-last (B * num_waveforms_per_prompt, T, F, C) initial noise (overrides seed).
+          litefocus: LiteFocusConfig for sparse UNet self-attention; None = dense.
+
+        Returns:
+          AudioLDM2PipelineOutput(audios float32 (B * num_waveforms_per_prompt, samples), sampling_rate).
+        """
+        prompts, negatives, shape, samples = self._check_call(
+            prompt, negative_prompt, audio_length_in_s, num_inference_steps, guidance_scale, num_waveforms_per_prompt, latents
+        )
+        if litefocus is not None and not isinstance(litefocus, LiteFocusConfig):
+            raise ValueError(f"litefocus must be a LiteFocusConfig or None, got {type(litefocus).__name__}.")
+        if not isinstance(eta, (int, float)) or eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}.")
+        cfg = guidance_scale > 1.0
+        unet_batch = shape[0] * (2 if cfg else 1)
+        plan = make_plan(self.unet_config, litefocus, (unet_batch,) + shape[1:], self._unet.latent_frame_seconds)
+
+        t5, t5_mask, generated = self.encode_prompt(prompts, negatives, num_waveforms_per_prompt, cfg)
+        item_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(shape[0]))
+        if latents is None:
+            latents = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(item_keys)
+        latents = jnp.asarray(latents, self.dtype)
+        comp = {}
+        if plan is not None and plan.active:
+            comp = {k: jnp.asarray(v) for k, v in make_comp_indices(plan, num_inference_steps).items()}
+        else:
+            litefocus = None
+        comp = comp or {"_": jnp.zeros((num_inference_steps, 0), jnp.int32)}  # scan needs a per-step leaf
+        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta))
+        final = denoise(self.modules["unet"][1], latents, t5, t5_mask, generated, jnp.asarray(guidance_scale, jnp.float32),
+                        comp, item_keys)
+        audio = self._decode_fn()(self._params("vae", "vocoder"), final)
+        audio = np.asarray(audio)[:, :samples]
+        return AudioLDM2PipelineOutput(audios=audio, sampling_rate=self.sampling_rate,
+                                       latents=np.asarray(final, np.float32) if output_latents else None)
+
+
+def save_wav(path: str | os.PathLike, audio: np.ndarray, sampling_rate: int = 16000) -> Path:
+    """Write a mono float waveform as 16-bit PCM wav, atomically (temporary file + rename)."""
+    import soundfile as sf
+
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"save_wav expects one mono waveform (samples,), got shape {audio.shape}.")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{path}: the waveform contains NaN or Inf; nothing was written.")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        sf.write(tmp, audio, sampling_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,92 @@
+"""A tiny random-weight diffusers AudioLDM2Pipeline (AUDIOLDM2.md §4 and its appendix), saved with save_pretrained."""
+
+from __future__ import annotations
+
+import string
+import types
+from pathlib import Path
+
+import torch
+from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AutoencoderKL, DDIMScheduler
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import (
+    ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig, GenerationMixin, GPT2Config, GPT2Model,
+    RobertaTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel, T5Tokenizer,
+)
+
+from tiny_models import build_tiny_unet
+
+# hop 4 samples per mel frame (0.064 s = 64 latent frames), or the real hop of 160 (10.24 s = 256 latent frames).
+VOCODERS = {
+    "tiny_hop": dict(upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4]),
+    "real_hop": dict(upsample_rates=[5, 4, 8], upsample_kernel_sizes=[16, 8, 16]),
+}
+
+
+def _tokenizers():
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in sorted(ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    tok = RobertaTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    for c in string.ascii_lowercase:
+        pieces += [("\u2581" + c, -3.0), (c, -4.0)]
+    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    return tok, T5Tokenizer(vocab=pieces, model_max_length=32), len(vocab), len(pieces)
+
+
+def _scaled(module, factor):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(factor)
+    return module
+
+
+def build_tiny_pipeline(seed: int = 0, vocoder: str = "tiny_hop") -> AudioLDM2Pipeline:
+    tok, tok2, n_vocab, n_pieces = _tokenizers()
+    torch.manual_seed(seed)
+    unet = build_tiny_unet("base", seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(16, 32, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=8, scaling_factor=0.4110932946205139)
+    text_cfg = ClapTextConfig(vocab_size=n_vocab, hidden_size=16, intermediate_size=37, num_attention_heads=2,
+                              num_hidden_layers=2, projection_dim=16, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                              max_position_embeddings=64)
+    audio_cfg = ClapAudioConfig(spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=37, depths=[2, 2],
+                                num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=192, projection_dim=16,
+                                patch_size=2, patch_stride=2, patch_embed_input_channels=4)
+    torch.manual_seed(seed)
+    clap = ClapModel(ClapConfig(text_config=text_cfg.to_dict(), audio_config=audio_cfg.to_dict(), projection_dim=16))
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(T5Config(vocab_size=n_pieces, d_model=24, d_ff=37, d_kv=8, num_heads=3, num_layers=2,
+                                 feed_forward_proj="gated-gelu", is_gated_act=True))
+    torch.manual_seed(seed)
+    gpt2 = GPT2Model(GPT2Config(n_embd=16, n_head=2, n_layer=2, vocab_size=64, n_positions=128, bos_token_id=0, eos_token_id=0))
+    gpt2.config.max_new_tokens = 8
+    # diffusers calls a GenerationMixin method that GPT2Model lacks in transformers 5 (AUDIOLDM2.md §5.1).
+    gpt2._update_model_kwargs_for_generation = types.MethodType(GenerationMixin._update_model_kwargs_for_generation, gpt2)
+    torch.manual_seed(seed)
+    proj = AudioLDM2ProjectionModel(text_encoder_dim=16, text_encoder_1_dim=24, langauge_model_dim=16)
+    torch.manual_seed(seed)
+    voc = SpeechT5HifiGan(SpeechT5HifiGanConfig(model_in_dim=64, sampling_rate=16000, upsample_initial_channel=16,
+                                                resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+                                                normalize_before=False, **VOCODERS[vocoder]))
+    _scaled(voc, 3.0)  # default init gives ~1e-6 amplitudes; larger weights make relative errors meaningful
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+                          timestep_spacing="leading")
+    pipe = AudioLDM2Pipeline(vae=vae, text_encoder=clap, text_encoder_2=t5, projection_model=proj, language_model=gpt2,
+                             tokenizer=tok, tokenizer_2=tok2, feature_extractor=ClapFeatureExtractor(), unet=unet,
+                             scheduler=sched, vocoder=voc)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(folder: Path, seed: int = 0, vocoder: str = "tiny_hop") -> Path:
+    build_tiny_pipeline(seed, vocoder).save_pretrained(folder)
+    return Path(folder)
