@@ -61,6 +61,17 @@ def run(seconds: float, batch: int, dtype, repeats: int, preset: str = "audioldm
     )
 
 
+def print_report(r: dict) -> None:
+    """The timing table of one `run` result."""
+    print(f"audio {r['seconds']} s -> latent {r['latent_frames']} x 16, level-1 tokens N = {r['level1_tokens']}, "
+          f"{r['sparse_calls']} LiteFocus calls per UNet call, batch {r['batch']}, {r['dtype']}")
+    print(f"{'':10s} {'compile+run (s)':>16s} {'run (s)':>10s}")
+    print(f"{'dense':10s} {r['dense_first_s']:16.2f} {r['dense_run_s']:10.2f}")
+    print(f"{'LiteFocus':10s} {r['litefocus_first_s']:16.2f} {r['litefocus_run_s']:10.2f}")
+    print(f"LiteFocus speedup over dense: {r['speedup']:.2f}x")
+    print(f"output difference LiteFocus - dense: max abs {r['max_abs_diff']:.3e}, relative L2 {r['rel_l2_diff']:.3e}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="audio length; 25 latent frames per second (default 20, twice the training length)")
@@ -73,13 +84,7 @@ def main(argv=None) -> int:
     print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); building the real-size "
           f"cvssp/audioldm2 UNet with random weights (random weights: timings only, no audio meaning)")
     r = run(args.seconds, args.batch, getattr(jnp, args.dtype), args.repeats)
-    print(f"audio {r['seconds']} s -> latent {r['latent_frames']} x 16, level-1 tokens N = {r['level1_tokens']}, "
-          f"{r['sparse_calls']} LiteFocus calls per UNet call, batch {r['batch']}, {r['dtype']}")
-    print(f"{'':10s} {'compile+run (s)':>16s} {'run (s)':>10s}")
-    print(f"{'dense':10s} {r['dense_first_s']:16.2f} {r['dense_run_s']:10.2f}")
-    print(f"{'LiteFocus':10s} {r['litefocus_first_s']:16.2f} {r['litefocus_run_s']:10.2f}")
-    print(f"LiteFocus speedup over dense: {r['speedup']:.2f}x")
-    print(f"output difference LiteFocus - dense: max abs {r['max_abs_diff']:.3e}, relative L2 {r['rel_l2_diff']:.3e}")
+    print_report(r)
     return 0
 
 

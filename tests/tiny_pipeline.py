@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import string
 import types
 from pathlib import Path
 
 import torch
 from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AutoencoderKL, DDIMScheduler
-from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig, GenerationMixin, GPT2Config, GPT2Model,
-    RobertaTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel, T5Tokenizer,
+    SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel,
 )
 
+from litefocus_jax.cli import tiny_tokenizers
 from tiny_models import build_tiny_unet
 
 # hop 4 samples per mel frame (0.064 s = 64 latent frames), or the real hop of 160 (10.24 s = 256 latent frames).
@@ -21,19 +20,6 @@ VOCODERS = {
     "tiny_hop": dict(upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4]),
     "real_hop": dict(upsample_rates=[5, 4, 8], upsample_kernel_sizes=[16, 8, 16]),
 }
-
-
-def _tokenizers():
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for ch in sorted(ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    vocab["<mask>"] = len(vocab)
-    tok = RobertaTokenizer(vocab=vocab, merges=[], model_max_length=32)
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    for c in string.ascii_lowercase:
-        pieces += [("\u2581" + c, -3.0), (c, -4.0)]
-    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
-    return tok, T5Tokenizer(vocab=pieces, model_max_length=32), len(vocab), len(pieces)
 
 
 def _scaled(module, factor):
@@ -44,7 +30,7 @@ def _scaled(module, factor):
 
 
 def build_tiny_pipeline(seed: int = 0, vocoder: str = "tiny_hop") -> AudioLDM2Pipeline:
-    tok, tok2, n_vocab, n_pieces = _tokenizers()
+    tok, tok2, n_vocab, n_pieces = tiny_tokenizers()
     torch.manual_seed(seed)
     unet = build_tiny_unet("base", seed)
     torch.manual_seed(seed)

@@ -1,0 +1,328 @@
+"""`litefocus-jax` command line: generate, convert, demo.
+
+    litefocus-jax generate "a dog barks" --model cvssp/audioldm2 --seconds 20 --attention litefocus
+    litefocus-jax generate --prompts prompts.jsonl --out-dir outputs --batch-size 8
+    litefocus-jax convert SRC DST [--dtype bfloat16]
+    litefocus-jax demo
+
+Exit status: 0 everything written; 1 some items failed (listed at the end); 2 bad arguments or setup
+(unwritable --out-dir, missing model, unreadable prompts file), reported before anything compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_MODEL = "cvssp/audioldm2"
+SCHEDULERS = ("ddim", "dpmsolver++")
+ATTENTION = ("dense", "litefocus")
+DTYPES = ("float32", "bfloat16")
+
+# the cvssp/audioldm2 DDIM scheduler config (scheduler/scheduler_config.json)
+CVSSP_DDIM = {
+    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "prediction_type": "epsilon", "timestep_spacing": "leading", "trained_betas": None,
+}
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _ratio(text):
+    value = float(text)
+    if not (0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _seed(text):
+    value = int(text)
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be an int in [0, 2**31), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="litefocus-jax", description="AudioLDM2 text-to-audio in JAX with LiteFocus sparse attention.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,demo}")
+
+    g = sub.add_parser("generate", help="text to wav files (one prompt, or a prompts file), resumable",
+                       description="Generate one wav per prompt into --out-dir, with a JSONL manifest. Re-running the same "
+                                   "command skips finished items. Exit 1 if any item failed, 2 on bad setup.")
+    g.add_argument("prompt", nargs="?", help="one text prompt (or use --prompts)")
+    g.add_argument("--prompts", metavar="FILE", help="prompts file: plain text, one prompt a line; or JSONL lines "
+                   '{"prompt": ..., "negative_prompt": ..., "seconds": ..., "seed": ...} (all but prompt optional)')
+    g.add_argument("--out-dir", default="outputs", help="output folder for wavs and manifest.jsonl (default ./outputs)")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"snapshot folder (diffusers or converted) or Hub id (default {DEFAULT_MODEL})")
+    g.add_argument("--seconds", type=_positive_float, default=10.0, help="audio length in seconds (default 10; per item in JSONL)")
+    g.add_argument("--steps", type=_positive_int, default=200, help="denoising steps (default 200)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="ddim", help="ddim (the snapshot's) or dpmsolver++ (default ddim)")
+    g.add_argument("--guidance", type=_finite_float, default=3.5, help="classifier-free guidance scale; <= 1 disables it (default 3.5)")
+    g.add_argument("--seed", type=_seed, default=0, help="global seed; item i uses a seed hashed from (seed, i) unless its JSONL line gives one (default 0)")
+    g.add_argument("--attention", choices=ATTENTION, default="dense", help="dense, or litefocus dual sparse self-attention (default dense)")
+    g.add_argument("--ratio", type=_ratio, default=0.1, help="LiteFocus compensation ratio in (0, 1] (default 0.1)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
+    g.add_argument("--batch-size", type=_positive_int, default=4, help="items per denoising batch, rounded up to a multiple of the device count (default 4)")
+    g.add_argument("--negative-prompt", default="", help="negative prompt for every item without its own (default none)")
+    g.add_argument("--save-npy", action="store_true", help="also write each float32 waveform as .npy next to its wav")
+    g.add_argument("--cache-dir", default=os.environ.get("LITEFOCUS_JAX_CACHE", str(Path.home() / ".cache" / "litefocus_jax" / "xla")),
+                   help="persistent XLA compilation cache ('' disables; default ~/.cache/litefocus_jax/xla or $LITEFOCUS_JAX_CACHE)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("convert", help="convert a diffusers AudioLDM2 snapshot to litefocus_jax safetensors", add_help=False)
+    c.add_argument("args", nargs=argparse.REMAINDER, help="see `litefocus-jax convert --help`")
+
+    d = sub.add_parser("demo", help="no download: tiny random model end to end, then real-size UNet timing",
+                       description="Runs the whole pipeline on a built-in tiny random-weight model (no download, no torch) and "
+                                   "writes a wav (noise: the model is untrained), then times one dense and one LiteFocus call "
+                                   "of the real-size AudioLDM2 UNet with random weights.")
+    d.add_argument("--out-dir", default="outputs", help="where the tiny model's wav goes (default ./outputs)")
+    d.add_argument("--seconds", type=float, default=20.0, help="audio length for the real-size UNet timing (default 20)")
+    d.add_argument("--batch", type=_positive_int, default=2, help="UNet batch of the timing (default 2: one prompt with guidance)")
+    d.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the timing (default float32)")
+    d.add_argument("--steps", type=_positive_int, default=10, help="denoising steps of the tiny end-to-end run (default 10)")
+    d.add_argument("--skip-timing", action="store_true", help="only the tiny end-to-end run")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ generate
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_generate(args) -> int:
+    from litefocus_jax.batch import Failure, Item, check_writable, item_seed, maybe_initialize_distributed, parse_prompts
+
+    if (args.prompt is None) == (args.prompts is None):
+        return _fail("give one prompt or --prompts FILE (exactly one of them).")
+    # everything that can be checked without devices, before anything loads or compiles
+    try:
+        out = check_writable(args.out_dir)
+    except OSError as e:
+        return _fail(str(e))
+    failures: list[Failure] = []
+    if args.prompts is not None:
+        try:
+            items, failures = parse_prompts(args.prompts, seconds=args.seconds, negative_prompt=args.negative_prompt, seed=args.seed)
+        except (OSError, UnicodeDecodeError) as e:
+            return _fail(f"cannot read the prompts file {args.prompts}: {e}")
+        for f in failures:
+            print(f"error: {args.prompts} {f}", file=sys.stderr)
+    else:
+        if not args.prompt.strip():
+            return _fail("the prompt is empty.")
+        items = [Item(0, args.prompt, args.negative_prompt, args.seconds, item_seed(args.seed, 0))]
+    from litefocus_jax.pipeline_audioldm2 import _check_snapshot, _resolve_snapshot
+
+    try:
+        root = _resolve_snapshot(args.model)
+        _check_snapshot(root)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(f"model: {e}")
+
+    distributed = maybe_initialize_distributed()
+    import jax
+    import jax.numpy as jnp
+
+    if args.cache_dir:
+        jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    from litefocus_jax.batch import local_mesh, run_batch
+    from litefocus_jax.litefocus import LiteFocusConfig
+    from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline
+
+    litefocus = LiteFocusConfig(ratio=args.ratio, seed=args.seed) if args.attention == "litefocus" else None
+    start = time.perf_counter()
+    try:
+        pipe = AudioLDM2Pipeline.from_pretrained(root, dtype=getattr(jnp, args.dtype), scheduler=args.scheduler)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(f"model: {e}")
+    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    # per-item lengths the model cannot take fail now, before compiling
+    min_s = pipe.vocoder_upsample_factor * pipe.vae_scale_factor
+    good = []
+    for it in items:
+        if it.seconds < min_s:
+            failures.append(Failure(f"item {it.index}" + (f" (line {it.line})" if it.line else ""),
+                                    f"seconds {it.seconds:g} is below one latent frame ({min_s:g} s)"))
+        else:
+            good.append(it)
+    attention = {"type": args.attention}
+    if litefocus is not None:
+        attention.update(ratio=litefocus.ratio, seed=litefocus.seed, levels=list(litefocus.levels), resample=litefocus.resample,
+                         duplicates=litefocus.duplicates)
+    settings = dict(model=str(root.resolve()) if Path(args.model).exists() else args.model, scheduler=args.scheduler,
+                    steps=args.steps, guidance=args.guidance, attention=attention, dtype=args.dtype)
+    mesh = local_mesh()
+    pi, pc = jax.process_index(), jax.process_count()
+    print(f"{len(good)} item(s) on {mesh.devices.size} {jax.default_backend()} device(s)"
+          + (f", process {pi} of {pc} (items i % {pc} == {pi})" if distributed or pc > 1 else ""), file=sys.stderr)
+    try:
+        result = run_batch(pipe, good, out, settings=settings, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                           litefocus=litefocus, batch_size=args.batch_size, mesh=mesh, process_index=pi, process_count=pc,
+                           save_npy_too=args.save_npy, log=lambda m: print(m, file=sys.stderr), progress=not args.no_progress)
+    except ValueError as e:  # results of other settings already in --out-dir
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted: finished items are in the manifest; run the same command again to resume.", file=sys.stderr)
+        return 130
+    failures += result.failed
+    n = len(result.written)
+    rate = f", {n / result.run_seconds:.2f} items/s" if n and result.run_seconds > 0 else ""
+    print(f"written {n}, skipped (already done) {len(result.skipped)}, failed {len(failures)}; compile {result.compile_seconds:.1f} s, "
+          f"generation {result.run_seconds:.1f} s{rate}; output in {out}", file=sys.stderr)
+    if failures:
+        print("failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+def tiny_tokenizers():
+    """A byte-level RoBERTa tokenizer and a T5 (Unigram) tokenizer with in-memory vocabularies (offline)."""
+    import string
+
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import RobertaTokenizer, T5Tokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in sorted(ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    tok = RobertaTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    for c in string.ascii_lowercase:
+        pieces += [("\u2581" + c, -3.0), (c, -4.0)]
+    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    return tok, T5Tokenizer(vocab=pieces, model_max_length=32), len(vocab), len(pieces)
+
+
+def build_tiny_pipeline(seed: int = 0, dtype=None):
+    """A tiny random-weight AudioLDM2Pipeline built in-process with the library's init_* functions (no torch,
+    no download). The real vocoder hop: 25 latent frames per second, 16 kHz."""
+    import jax.numpy as jnp
+
+    from litefocus_jax.loading import init_unet
+    from litefocus_jax.models.autoencoder_kl import init_vae
+    from litefocus_jax.models.hifigan import init_vocoder
+    from litefocus_jax.models.modeling_clap import init_clap_text
+    from litefocus_jax.models.modeling_gpt2 import init_gpt2
+    from litefocus_jax.models.modeling_t5 import init_t5_encoder
+    from litefocus_jax.models.projection_audioldm2 import init_projection_model
+    from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline
+
+    dtype = dtype or jnp.float32
+    tok, tok2, n_vocab, n_pieces = tiny_tokenizers()
+    unet = init_unet(dict(
+        _class_name="AudioLDM2UNet2DConditionModel", sample_size=64, in_channels=8, out_channels=8,
+        block_out_channels=[16, 32, 48, 64], layers_per_block=2, attention_head_dim=2, norm_num_groups=8,
+        down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 3, up_block_types=["CrossAttnUpBlock2D"] * 3 + ["UpBlock2D"],
+        cross_attention_dim=[[None, 16, 24]] * 4, transformer_layers_per_block=1), seed=seed, dtype=dtype)
+    vae = init_vae(dict(
+        _class_name="AutoencoderKL", in_channels=1, out_channels=1, latent_channels=8, block_out_channels=[16, 32, 32],
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1,
+        norm_num_groups=8, act_fn="silu", scaling_factor=0.4110932946205139), seed=seed, dtype=dtype, with_encoder=False)
+    vocoder = init_vocoder(dict(
+        model_type="speecht5_hifigan", model_in_dim=64, sampling_rate=16000, upsample_initial_channel=16,
+        upsample_rates=[5, 4, 8], upsample_kernel_sizes=[16, 8, 16], resblock_kernel_sizes=[3, 7],
+        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], normalize_before=False), seed=seed, dtype=dtype)
+    clap = init_clap_text(dict(model_type="clap", projection_dim=16, text_config=dict(
+        vocab_size=n_vocab, hidden_size=16, intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
+        projection_dim=16, bos_token_id=0, pad_token_id=1, eos_token_id=2, max_position_embeddings=64)), seed=seed, dtype=dtype)
+    t5 = init_t5_encoder(dict(model_type="t5", vocab_size=n_pieces, d_model=24, d_ff=37, d_kv=8, num_heads=3, num_layers=2,
+                              feed_forward_proj="gated-gelu"), seed=seed, dtype=dtype)
+    gpt2 = init_gpt2(dict(model_type="gpt2", n_embd=16, n_head=2, n_layer=2, vocab_size=64, n_positions=128,
+                          max_new_tokens=8), seed=seed, dtype=dtype)
+    proj = init_projection_model(dict(_class_name="AudioLDM2ProjectionModel", text_encoder_dim=16, text_encoder_1_dim=24,
+                                      langauge_model_dim=16), seed=seed, dtype=dtype)
+    return AudioLDM2Pipeline(tokenizer=tok, tokenizer_2=tok2, text_encoder=clap, text_encoder_2=t5, projection_model=proj,
+                             language_model=gpt2, unet=unet, vae=vae, vocoder=vocoder, scheduler_config=dict(CVSSP_DDIM),
+                             dtype=dtype)
+
+
+def cmd_demo(args) -> int:
+    from litefocus_jax.batch import check_writable
+
+    try:
+        out = check_writable(args.out_dir)
+    except OSError as e:
+        return _fail(str(e))
+    if not args.skip_timing and (args.seconds < 0.32 or not math.isfinite(args.seconds)):
+        return _fail("--seconds must be >= 0.32 (LiteFocus needs compensation tokens).")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from litefocus_jax.pipeline_audioldm2 import save_wav
+
+    print("1/2 end to end on a built-in TINY model with RANDOM weights (no download). It is untrained, so the wav is "
+          "noise: this checks the machinery (tokenizers, CLAP, T5, GPT2, UNet, VAE, vocoder), not audio quality.")
+    start = time.perf_counter()
+    pipe = build_tiny_pipeline()
+    prompt, seconds = "a dog barks in the rain", 2.56
+    result = pipe(prompt, audio_length_in_s=seconds, num_inference_steps=args.steps, seed=0)
+    audio = result.audios[0]
+    peak = float(np.abs(audio).max()) if np.isfinite(audio).all() else 0.0
+    if peak > 0:
+        audio = audio / peak * 0.5  # random weights give tiny amplitudes; normalise so the file is audible
+    path = save_wav(out / "demo_tiny_random_model.wav", audio, result.sampling_rate)
+    print(f"wrote {path} ({seconds} s at {result.sampling_rate} Hz, {args.steps} DDIM steps, "
+          f"{time.perf_counter() - start:.1f} s incl. compile): noise from an untrained model.")
+    if args.skip_timing:
+        return 0
+    from litefocus_jax import demo
+
+    print(f"\n2/2 the real-size cvssp/audioldm2 UNet (random weights: timings only) at {args.seconds} s, batch {args.batch}, "
+          f"{args.dtype} on {jax.default_backend()} ({jax.devices()[0].device_kind})")
+    r = demo.run(args.seconds, args.batch, getattr(jnp, args.dtype), repeats=1)
+    demo.print_report(r)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "convert":  # the conversion command owns its arguments and --help
+        from litefocus_jax.conversion import main as convert_main
+
+        return convert_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        return cmd_generate(args)
+    if args.command == "demo":
+        return cmd_demo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""`python -m litefocus_jax.cli` subcommands as subprocesses: help texts, generate (and resume), convert, demo,
+and bad inputs that must fail before anything compiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from tiny_pipeline import save_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "litefocus_jax.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    proc.seconds = time.perf_counter() - start
+    return proc
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    return save_tiny_pipeline(tmp_path_factory.mktemp("cli") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "xla_cache"
+
+
+def test_help_texts():
+    top = cli("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("generate", "convert", "demo"))
+    gen = cli("generate", "--help")
+    assert gen.returncode == 0
+    for option in ("--prompts", "--out-dir", "--model", "--seconds", "--steps", "--scheduler", "--guidance", "--seed",
+                   "--attention", "--ratio", "--dtype", "--batch-size", "--negative-prompt", "ddim", "dpmsolver++", "litefocus"):
+        assert option in gen.stdout, option
+    conv = cli("convert", "--help")
+    assert conv.returncode == 0 and "--dtype" in conv.stdout and "--overwrite" in conv.stdout
+    demo = cli("demo", "--help")
+    assert demo.returncode == 0 and "--seconds" in demo.stdout and "--skip-timing" in demo.stdout
+
+
+def test_generate_one_prompt_then_resume(snapshot, tmp_path, cache):
+    args = ("generate", "a dog barks", "--model", snapshot, "--out-dir", tmp_path, "--seconds", "0.064", "--steps", "2",
+            "--attention", "litefocus", "--ratio", "0.5", "--scheduler", "dpmsolver++", "--cache-dir", cache)
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "compiled for 0.064 s items" in first.stderr and "written 1" in first.stderr, repr(first.stderr[-1500:])
+    (rec,) = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert rec["prompt"] == "a dog barks" and rec["scheduler"] == "dpmsolver++" and rec["attention"]["type"] == "litefocus"
+    assert rec["attention"]["ratio"] == 0.5 and rec["steps"] == 2 and rec["seconds"] == 0.064
+    data, rate = sf.read(tmp_path / rec["file"])
+    assert rate == 16000 and data.shape == (1024,)
+    again = cli(*args)
+    assert again.returncode == 0 and "written 0, skipped (already done) 1" in again.stderr and "compiled" not in again.stderr
+    assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 1
+
+
+def test_convert(snapshot, tmp_path):
+    proc = cli("convert", snapshot, tmp_path / "converted")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "converted" / "model_index.json").is_file() and "converted unet" in proc.stdout
+    bad = cli("convert", tmp_path / "nope", tmp_path / "x")
+    assert bad.returncode == 1 and "error:" in bad.stderr
+
+
+def test_demo_small(tmp_path):
+    proc = cli("demo", "--out-dir", tmp_path, "--steps", "2", "--skip-timing")
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM weights" in proc.stdout and "noise" in proc.stdout
+    data, rate = sf.read(tmp_path / "demo_tiny_random_model.wav")
+    assert rate == 16000 and data.shape == (int(2.56 * 16000),) and abs(data).max() > 0
+
+
+@pytest.mark.parametrize(
+    "extra,code,message",
+    [
+        (("--attention", "sparse"), 2, "invalid choice: 'sparse'"),
+        (("--scheduler", "euler"), 2, "invalid choice: 'euler'"),
+        (("--dtype", "float16"), 2, "invalid choice: 'float16'"),
+        (("--ratio", "0"), 2, "--ratio"),
+        (("--steps", "0"), 2, "--steps"),
+        (("--model", "{tmp}/no_such_model"), 2, "model:"),
+        (("--out-dir", "{tmp}/a_file/sub"), 2, "not writable"),
+        (("--prompts", "{tmp}/missing.txt"), 2, "cannot read the prompts file"),
+    ],
+)
+def test_bad_inputs_fail_before_compiling(snapshot, tmp_path, extra, code, message):
+    (tmp_path / "a_file").write_text("")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    prompt = [] if "--prompts" in extra else ["a dog barks"]
+    proc = cli("generate", *prompt, "--model", snapshot, "--out-dir", tmp_path / "out", "--seconds", "0.064", *extra)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr
+    assert "compiled" not in proc.stderr and "loaded" not in proc.stderr  # nothing loaded, nothing compiled
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
