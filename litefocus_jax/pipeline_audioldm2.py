@@ -120,6 +120,8 @@ class AudioLDM2Pipeline:
         }
         self._unet = unet
         self._jitted: dict = {}
+        self._executables: dict = {}  # AOT-compiled stages of generate_items, by (key, argument shapes)
+        self._replicated_params: dict = {}  # params placed on a mesh, by (mesh, component names)
         self.compile_seconds, self.compile_count = 0.0, 0  # ahead-of-time compiles of generate_items
         if self.mel_bins % self.vae_scale_factor:
             raise ValueError(f"vocoder model_in_dim {self.mel_bins} is not divisible by the VAE scale factor {self.vae_scale_factor}.")
@@ -250,6 +252,19 @@ class AudioLDM2Pipeline:
             self._jitted["encode"] = jax.jit(encode)
         return self._jitted["encode"]
 
+    def _comp_schedule(self, litefocus, latent_shape: tuple, num_steps: int):
+        """latent_shape (T, F, C) -> (litefocus, or None when the length rule keeps it dense; {level: int32 (steps, calls, K)}).
+
+        The dict always has a leaf with a leading step axis, because the denoising scan slices it per step.
+        """
+        if litefocus is not None and not isinstance(litefocus, LiteFocusConfig):
+            raise ValueError(f"litefocus must be a LiteFocusConfig or None, got {type(litefocus).__name__}.")
+        plan = make_plan(self.unet_config, litefocus, tuple(latent_shape[:2]), self._unet.latent_frame_seconds)
+        if plan is None or not plan.active:
+            return None, {"_": jnp.zeros((num_steps, 0), jnp.int32)}
+        comp = {k: jnp.asarray(v) for k, v in make_comp_indices(plan, num_steps).items()}
+        return litefocus, comp or {"_": jnp.zeros((num_steps, 0), jnp.int32)}
+
     def _params(self, *names):
         return {n: self.modules[n][1] for n in names}
 
@@ -355,25 +370,16 @@ class AudioLDM2Pipeline:
         prompts, negatives, shape, samples = self._check_call(
             prompt, negative_prompt, audio_length_in_s, num_inference_steps, guidance_scale, num_waveforms_per_prompt, latents
         )
-        if litefocus is not None and not isinstance(litefocus, LiteFocusConfig):
-            raise ValueError(f"litefocus must be a LiteFocusConfig or None, got {type(litefocus).__name__}.")
         if not isinstance(eta, (int, float)) or eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta!r}.")
         cfg = guidance_scale > 1.0
-        unet_batch = shape[0] * (2 if cfg else 1)
-        plan = make_plan(self.unet_config, litefocus, (unet_batch,) + shape[1:], self._unet.latent_frame_seconds)
+        litefocus, comp = self._comp_schedule(litefocus, shape[1:], num_inference_steps)
 
         t5, t5_mask, generated = self.encode_prompt(prompts, negatives, num_waveforms_per_prompt, cfg)
         item_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(shape[0]))
         if latents is None:
             latents = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(item_keys)
         latents = jnp.asarray(latents, self.dtype)
-        comp = {}
-        if plan is not None and plan.active:
-            comp = {k: jnp.asarray(v) for k, v in make_comp_indices(plan, num_inference_steps).items()}
-        else:
-            litefocus = None
-        comp = comp or {"_": jnp.zeros((num_inference_steps, 0), jnp.int32)}  # scan needs a per-step leaf
         denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta))
         final = denoise(self.modules["unet"][1], latents, t5, t5_mask, generated, jnp.asarray(guidance_scale, jnp.float32),
                         comp, item_keys)
@@ -393,7 +399,7 @@ class AudioLDM2Pipeline:
     def _compiled(self, key, jitted, *args):
         """AOT-compile `jitted` once per (key, argument shapes): compile time is measured apart from run time."""
         sig = (key,) + tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(args[1:]))
-        cache = self.__dict__.setdefault("_executables", {})
+        cache = self._executables
         if sig not in cache:
             start = time.perf_counter()
             cache[sig] = jitted.lower(*args).compile()
@@ -403,7 +409,7 @@ class AudioLDM2Pipeline:
 
     def _replicated(self, mesh, *names):
         key = (mesh, names)
-        cache = self.__dict__.setdefault("_replicated_params", {})
+        cache = self._replicated_params
         if key not in cache:
             rep, _ = _shardings(mesh)
             cache[key] = jax.device_put(self._params(*names), rep)
@@ -460,14 +466,13 @@ class AudioLDM2Pipeline:
         if len(shapes) != 1:
             raise ValueError(f"generate_items: lengths {sorted(set(lengths))} fall into different latent lengths; "
                              "group items by `latent_frames(seconds)` first.")
-        if litefocus is not None and not isinstance(litefocus, LiteFocusConfig):
-            raise ValueError(f"litefocus must be a LiteFocusConfig or None, got {type(litefocus).__name__}.")
+        cfg = guidance_scale > 1.0
+        latent_shape = shapes.pop()
+        litefocus, comp = self._comp_schedule(litefocus, latent_shape, num_inference_steps)
         ndev = 1 if mesh is None else mesh.devices.size
         rows = pad_to or -(-n // ndev) * ndev
         if rows < n or rows % ndev:
             raise ValueError(f"generate_items: pad_to={pad_to} must be >= {n} items and a multiple of {ndev} devices.")
-        cfg = guidance_scale > 1.0
-        latent_shape = shapes.pop()
 
         # text: every item alone, batch 1 ([negative; positive] rows when guided)
         enc_params = self._params("text_encoder", "text_encoder_2", "projection_model", "language_model")
@@ -497,27 +502,19 @@ class AudioLDM2Pipeline:
         item_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 0) for s in seeds_padded])
         latents = jax.vmap(lambda k: jax.random.normal(k, latent_shape, jnp.float32))(item_keys).astype(self.dtype)
 
-        plan = make_plan(self.unet_config, litefocus, (rows * (2 if cfg else 1),) + latent_shape, self._unet.latent_frame_seconds)
-        comp = {}
-        if plan is not None and plan.active:
-            comp = {k: jnp.asarray(v) for k, v in make_comp_indices(plan, num_inference_steps).items()}
-        else:
-            litefocus = None
-        comp = comp or {"_": jnp.zeros((num_inference_steps, 0), jnp.int32)}
 
         if mesh is None:
             unet_params, dec_params = self.modules["unet"][1], self._params("vae", "vocoder")
             put = jnp.asarray
         else:
             unet_params, dec_params = self._replicated(mesh, "unet")["unet"], self._replicated(mesh, "vae", "vocoder")
-            rep, data = _shardings(mesh)
+            replicated, data = _shardings(mesh)
             put = partial(jax.device_put, device=data)
         # the UNet batch with guidance is [negatives; positives]: 2 * rows, still a multiple of the mesh size
         args = (unet_params, put(latents), put(jnp.asarray(t5, self.dtype)), put(jnp.asarray(t5_mask)),
                 put(jnp.asarray(generated, self.dtype)), jnp.asarray(guidance_scale, jnp.float32), comp, put(item_keys))
         if mesh is not None:
-            rep, _ = _shardings(mesh)
-            args = args[:5] + (jax.device_put(args[5], rep), jax.device_put(args[6], rep), args[7])
+            args = args[:5] + (jax.device_put(args[5], replicated), jax.device_put(args[6], replicated), args[7])
         denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh)
         final = self._compiled(("denoise", num_inference_steps, cfg, litefocus, float(eta), mesh), denoise, *args)(*args)
         decode = self._decode_fn(mesh)
