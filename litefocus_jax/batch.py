@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from litefocus_jax.weights import atomic_file
+
 MANIFEST_GLOB = "manifest*.jsonl"
 # the manifest fields that must match for a finished item to count as this run's result
 KEY_FIELDS = ("prompt", "negative_prompt", "seed", "seconds", "model", "scheduler", "steps", "guidance", "attention", "dtype")
@@ -179,14 +181,11 @@ def append_line(path: Path, record: dict) -> None:
 
 
 def save_npy(path: Path, audio: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path):
         with open(tmp, "wb") as f:
             np.save(f, audio)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_file(path, write)
 
 
 def maybe_initialize_distributed(environ=None) -> bool:

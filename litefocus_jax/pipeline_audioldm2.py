@@ -30,6 +30,7 @@ from litefocus_jax.models.modeling_gpt2 import generate_language_model, load_gpt
 from litefocus_jax.models.modeling_t5 import load_t5_encoder
 from litefocus_jax.models.projection_audioldm2 import load_projection_model
 from litefocus_jax.schedulers import make_scheduler
+from litefocus_jax.weights import atomic_file
 
 PIPELINE_CLASS = "AudioLDM2Pipeline"
 MODEL_COMPONENTS = ("text_encoder", "text_encoder_2", "projection_model", "language_model", "unet", "vae", "vocoder")
@@ -531,12 +532,4 @@ def save_wav(path: str | os.PathLike, audio: np.ndarray, sampling_rate: int = 16
         raise ValueError(f"save_wav expects one mono waveform (samples,), got shape {audio.shape}.")
     if not np.isfinite(audio).all():
         raise ValueError(f"{path}: the waveform contains NaN or Inf; nothing was written.")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        sf.write(tmp, audio, sampling_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_file(Path(path), lambda tmp: sf.write(tmp, audio, sampling_rate, subtype="PCM_16", format="WAV"))

@@ -222,6 +222,22 @@ def save_converted(folder: Path, flat: Mapping[Path_, np.ndarray], config: dict,
         file.chmod(0o666 & ~umask)
 
 
+def atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` on a hidden temporary file beside `path`, then rename it into place.
+
+    A crash or Ctrl-C leaves either the old file or the complete new one, never a partial file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def atomic_output_dir(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> None:
     """Run `write(tmp)` into a fresh temporary folder beside `dst`, then move it into place.
 
