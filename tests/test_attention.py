@@ -49,7 +49,8 @@ def _dense_numpy(q, k, v, scale):
 
 
 @pytest.mark.parametrize("freq_bins", [2, 4, 8, 16])
-def test_matches_masked_reference_both_duplicate_modes(freq_bins):
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_matches_masked_reference_both_duplicate_modes(freq_bins, implementation):
     t = 7
     n = t * freq_bins
     q, k, v = _qkv(freq_bins, n)
@@ -58,7 +59,7 @@ def test_matches_masked_reference_both_duplicate_modes(freq_bins):
     scale = D**-0.5
     outs = {}
     for mode in ("official", "exact"):
-        out = litefocus_attention(q, k, v, freq_bins=freq_bins, comp_index=idx, duplicates=mode)
+        out = litefocus_attention(q, k, v, freq_bins=freq_bins, comp_index=idx, duplicates=mode, implementation=implementation)
         ref = masked_dense_reference(q, k, v, freq_bins, idx, mode, True, True, scale)
         assert out.shape == q.shape and out.dtype == jnp.float32
         assert _max_err(out, ref) < ATOL, (mode, _max_err(out, ref))
@@ -152,12 +153,47 @@ def test_exact_mode_with_all_tokens_is_dense_attention(same_frequency):
     assert _max_err(dot_product_attention(q, k, v), ref) < ATOL
 
 
-def test_dense_attention_key_padding_bias():
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_dense_attention_key_padding_bias(implementation):
     q, k, v = _qkv(26, 10)
     keep = np.arange(10) < 7
     bias = np.where(keep, 0.0, -1e9).astype(np.float32)[None, None, None, :]
-    out = dot_product_attention(q, k, v, bias=np.broadcast_to(bias, (B, 1, 1, 10)))
+    out = dot_product_attention(q, k, v, bias=np.broadcast_to(bias, (B, 1, 1, 10)), implementation=implementation)
     assert _max_err(out, _dense_numpy(q, k[:, keep], v[:, keep], D**-0.5)) < ATOL
+
+
+@pytest.mark.parametrize("nq,nk,query_chunk", [(13, 13, 4), (40, 9, 7), (5, 300, 256), (128, 128, 1000)])
+def test_chunked_dense_matches_numpy_with_bias_and_mask(nq, nk, query_chunk):
+    # Several blocks, a last block of padding queries, Nq != Nk, and one block larger than Nq.
+    q, _, _ = _qkv(61, nq)
+    _, k, v = _qkv(62, nk)
+    rng = np.random.default_rng(63)
+    keep = rng.random((B, 1, 1, nk)) > 0.3
+    keep[..., 0] = True
+    bias = rng.standard_normal((B, 1, 1, nk)).astype(np.float32)
+    out = attention.chunked_attention(q, k, v, bias=bias, mask=keep, query_chunk=query_chunk)
+    assert out.shape == q.shape and out.dtype == jnp.float32
+    for b in range(B):
+        cols = keep[b, 0, 0]
+        w = np.exp(bias[b, 0, 0, cols].astype(np.float64))  # an additive logit bias is a per-key weight
+        s = np.einsum("ihd,jhd->hij", q[b].astype(np.float64), k[b, cols].astype(np.float64)) * D**-0.5
+        p = np.exp(s - s.max(-1, keepdims=True)) * w
+        ref = np.einsum("hij,jhd->ihd", p / p.sum(-1, keepdims=True), v[b, cols].astype(np.float64))
+        assert _max_err(out[b], ref) < ATOL
+    xla = dot_product_attention(q, k, v, bias=bias, mask=keep, implementation="xla")
+    assert _max_err(out, xla) < ATOL
+
+
+def test_default_implementation_is_chunked_on_cpu_for_long_keys_only():
+    q, k, _ = _qkv(64, attention.CHUNKED_MIN_KEYS)
+    key_only = np.zeros((B, 1, 1, q.shape[1]), np.float32)
+    per_query = np.zeros((B, 1, q.shape[1], q.shape[1]), np.float32)
+    assert jax.default_backend() == "cpu"
+    assert attention._prefer_chunked(q, k, key_only, None)
+    assert not attention._prefer_chunked(q, k[:, :-1], None, None)
+    assert not attention._prefer_chunked(q, k, per_query, None)
+    with pytest.raises(ValueError, match="key-only bias.*implementation='xla'"):
+        attention.chunked_attention(q, k, k, bias=per_query)
 
 
 def test_exact_mask_for_cudnn_is_the_xla_mask_broadcast_over_queries():
@@ -189,19 +225,23 @@ def test_gradients_finite(duplicates):
 
 
 @pytest.mark.parametrize("duplicates", ["official", "exact"])
-def test_gradients_match_finite_differences(duplicates):
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_gradients_match_finite_differences(duplicates, implementation):
     # jax.nn.dot_product_attention always takes its softmax in fp32, so even float64 inputs give ~1e-7
     # relative accuracy: a large step keeps the difference quotient above that round-off.
     freq_bins, t = 2, 3
     idx = np.array([1, 2, 5], np.int32)  # 1 and 5 lie in row 1, 2 in row 0
     with jax.enable_x64(True):
         q, k, v = _qkv(34, t * freq_bins, batch=1, heads=2, dim=4, dtype=np.float64)
-        fn = functools.partial(litefocus_attention, freq_bins=freq_bins, comp_index=idx, duplicates=duplicates)
+        fn = functools.partial(
+            litefocus_attention, freq_bins=freq_bins, comp_index=idx, duplicates=duplicates, implementation=implementation
+        )
         check_grads(fn, (q, k, v), order=1, modes=["rev"], eps=1e-2, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("duplicates", ["official", "exact"])
-def test_gradients_match_masked_dense_gradients(duplicates):
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_gradients_match_masked_dense_gradients(duplicates, implementation):
     freq_bins, t = 4, 5
     n = t * freq_bins
     q, k, v = _qkv(35, n)
@@ -218,7 +258,9 @@ def test_gradients_match_masked_dense_gradients(duplicates):
         return jnp.sum(jnp.sin(jnp.einsum("bhij,bjhd->bihd", p, v)))
 
     def sparse_loss(q, k, v):
-        out = litefocus_attention(q, k, v, freq_bins=freq_bins, comp_index=idx, duplicates=duplicates)
+        out = litefocus_attention(
+            q, k, v, freq_bins=freq_bins, comp_index=idx, duplicates=duplicates, implementation=implementation
+        )
         return jnp.sum(jnp.sin(out))
 
     got = jax.grad(sparse_loss, argnums=(0, 1, 2))(q, k, v)
@@ -227,7 +269,8 @@ def test_gradients_match_masked_dense_gradients(duplicates):
         assert _max_err(g, w) < ATOL
 
 
-def test_bfloat16_close_to_float32():
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_bfloat16_close_to_float32(implementation):
     freq_bins, t = 8, 8
     n = t * freq_bins
     q, k, v = _qkv(41, n)
@@ -235,7 +278,9 @@ def test_bfloat16_close_to_float32():
     for mode in ("official", "exact"):
         ref = litefocus_attention(q, k, v, freq_bins=freq_bins, comp_index=idx, duplicates=mode)
         q16, k16, v16 = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v))
-        out = litefocus_attention(q16, k16, v16, freq_bins=freq_bins, comp_index=idx, duplicates=mode)
+        out = litefocus_attention(
+            q16, k16, v16, freq_bins=freq_bins, comp_index=idx, duplicates=mode, implementation=implementation
+        )
         assert out.dtype == jnp.bfloat16
         assert _max_err(out.astype(jnp.float32), ref) < 3e-2
 
@@ -293,26 +338,33 @@ def _max_elements_all_stages(fn, *args):
     return [_max_array_elements(t) for t in texts]
 
 
-def test_no_n_by_n_array_in_lowered_or_compiled_hlo():
+@pytest.mark.parametrize("implementation", ["xla", "chunked"])
+def test_no_n_by_n_array_in_lowered_or_compiled_hlo(implementation):
     b, n, h, d, f, k = 1, 8000, 8, 32, 8, 800
     t = n // f
+    row_logits = b * f * h * t * (t + k)  # (B*F, H, T, T + K): (1/F + K/N) = 0.225 of the dense logits
+    row_keys = b * f * (t + k) * h * d  # (B*F, T + K, H, D): the row keys with the gathered ones appended
     x = jax.ShapeDtypeStruct((b, n, h, d), jnp.float32)
     idx = jax.ShapeDtypeStruct((k,), jnp.int32)
+    fn = functools.partial(litefocus_attention, freq_bins=f, implementation=implementation)
     for mode in ("official", "exact"):
-        fn = functools.partial(litefocus_attention, freq_bins=f, duplicates=mode)
-        sizes = _max_elements_all_stages(lambda q, k_, v, i: fn(q, k_, v, comp_index=i), x, x, x, idx)
-        # The largest array is the row-batched logits (B*F, H, T, T + K): per batch item and head that is
-        # F*T*(T + K) = 14.4e6 < N*N = 64e6 elements, (1/F + K/N) = 0.225 of the dense logits.
-        assert max(sizes) == b * f * h * t * (t + k), sizes
-        assert max(sizes) < b * h * n * n * 0.25, sizes
+        sizes = _max_elements_all_stages(lambda q, k_, v, i: fn(q, k_, v, comp_index=i, duplicates=mode), x, x, x, idx)
+        if implementation == "xla":
+            assert max(sizes) == row_logits, sizes
+        else:  # one (query block, T + K) logits block at a time: the largest array is the row keys
+            assert max(sizes) == row_keys, sizes
         assert max(sizes) // (b * h) < n * n, sizes
     # Backward pass too: the gather's transpose is a scatter-add into (B, N, H, D), nothing N x N.
-    loss = lambda q, k_, v, i: jnp.sum(litefocus_attention(q, k_, v, freq_bins=f, comp_index=i))
+    loss = lambda q, k_, v, i: jnp.sum(fn(q, k_, v, comp_index=i))
     grad_sizes = _max_elements_all_stages(jax.grad(loss, argnums=(0, 1, 2)), x, x, x, idx)
-    assert max(grad_sizes) == b * f * h * t * (t + k), grad_sizes
-    # The same check finds the (B, H, N, N) logits of dense attention, so it can fail.
-    dense_sizes = _max_elements_all_stages(dot_product_attention, x, x, x)
-    assert min(dense_sizes) >= b * h * n * n, dense_sizes
+    assert max(grad_sizes) == (row_logits if implementation == "xla" else row_keys), grad_sizes
+    # The same check finds the (B, H, N, N) logits of one-shot dense attention, so it can fail; chunked dense
+    # attention has none either.
+    dense_sizes = _max_elements_all_stages(functools.partial(dot_product_attention, implementation=implementation), x, x, x)
+    if implementation == "xla":
+        assert min(dense_sizes) >= b * h * n * n, dense_sizes
+    else:
+        assert max(dense_sizes) <= b * n * h * d, dense_sizes
 
 
 # --- the diffusers processor used by UNet-level parity tests ----------------------------------------------
