@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from litefocus_jax.attention import dot_product_attention, litefocus_attention
@@ -53,8 +54,24 @@ class LiteFocusCalls:
         )
 
 
+def query_probs(q: jax.Array, k: jax.Array, queries: tuple[int, ...], scale: float) -> jax.Array:
+    """Dense softmax(q k^T * scale) of the chosen query tokens over all keys, in float32.
+
+    q (B, N, H, D), k (B, M, H, D), queries Q token indices -> (B, H, Q, M). Costs Q x M, never N x M.
+    """
+    sel = q[:, jnp.asarray(queries, jnp.int32)].astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", sel, k.astype(jnp.float32)) * scale
+    return jax.nn.softmax(logits, axis=-1)
+
+
 class Attention(nnx.Module):
-    """to_q/to_k/to_v (no bias), heads as contiguous channel chunks, scale head_dim**-0.5, to_out.0 (bias)."""
+    """to_q/to_k/to_v (no bias), heads as contiguous channel chunks, scale head_dim**-0.5, to_out.0 (bias).
+
+    `capture_queries`: None, or a tuple of query token indices. When set (before tracing; it is static) a
+    self-attention call also sows the dense probabilities of those queries, `query_probs` (B, H, Q, N), as
+    `nnx.Intermediate` "attention_probs" (collect them with `nnx.capture`), whatever path computes the
+    output (dense or LiteFocus). See litefocus_jax/analysis.py.
+    """
 
     def __init__(
         self, query_dim: int, heads: int, dim_head: int, cross_attention_dim: int | None = None, *, dtype, rngs,
@@ -65,6 +82,7 @@ class Attention(nnx.Module):
         self.heads = heads
         self.scale = dim_head**-0.5
         self.implementation = implementation
+        self.capture_queries: tuple[int, ...] | None = None
         self.to_q = linear(query_dim, inner, use_bias=False, dtype=dtype, rngs=rngs)
         self.to_k = linear(kv_dim, inner, use_bias=False, dtype=dtype, rngs=rngs)
         self.to_v = linear(kv_dim, inner, use_bias=False, dtype=dtype, rngs=rngs)
@@ -88,6 +106,8 @@ class Attention(nnx.Module):
         """
         kv = x if context is None else context
         q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(kv)), self._heads(self.to_v(kv))
+        if self.capture_queries is not None and context is None:
+            self.sow(nnx.Intermediate, "attention_probs", query_probs(q, k, self.capture_queries, self.scale))
         if sparse is not None and context is None:
             out = sparse.attend(q, k, v, grid=grid, scale=self.scale, implementation=self.implementation)
         else:

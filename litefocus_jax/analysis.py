@@ -1,0 +1,500 @@
+"""Attention-pattern analysis: how much of a UNet self-attention query's probability lies on its own frequency row.
+
+LiteFocus rests on one observation (Tan et al., Interspeech 2024, Figure 2): in AudioLDM2's UNet
+self-attention a query attends mostly to the keys of its **own frequency row** (the T tokens sharing its
+frequency f, token n = t * F + f). This module measures that during a real generation:
+
+    capture = capture_attention(pipe, "rain on a tin roof", weights="cvssp/audioldm2",
+                                audio_length_in_s=10.24, num_inference_steps=50, steps=(0, 25, 49))
+    print(format_table(summarize(capture)))      # same-row mass per level vs. the uniform 1/F
+    save_heatmaps(capture, "maps/")                # Figure-2 style maps, needs litefocus-jax[analysis]
+    write_report(capture, "maps/report.json")
+
+The probabilities are those of **dense** softmax(q k^T * scale) for a few chosen queries over all N keys,
+(B, H, Q, N) per captured call, even when the generation itself runs LiteFocus: they show what LiteFocus
+keeps and drops. Computing them for Q chosen queries costs Q x N per call, never N x N.
+
+Weights: state them (`weights=`). With random weights (`RANDOM_WEIGHTS`) everything runs, but the maps
+carry no learned structure; the capture warns and every table, report and figure says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from litefocus_jax.litefocus import Level, LiteFocusConfig, make_plan
+from litefocus_jax.schedulers import make_scheduler
+from litefocus_jax.weights import atomic_file
+
+RANDOM_WEIGHTS = "random"
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: the model is untrained, so these attention maps carry no learned structure; a same-row "
+    "mass near the uniform baseline 1/F is expected here and says nothing about LiteFocus. Load real weights "
+    "(e.g. cvssp/audioldm2) to reproduce the paper's same-frequency concentration."
+)
+MATPLOTLIB_HINT = 'drawing attention heat maps needs matplotlib: pip install "litefocus-jax[analysis]"'
+PROBS_NAME = "attention_probs"  # what Attention sows (litefocus_jax/models/attention_processor.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSite:
+    """One UNet self-attention module and what is captured there.
+
+    Attributes:
+      name: its path in the UNet, as diffusers names it, e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn1".
+      level: the UNet level: l for down_blocks[l] and its mirror up_blocks[-1-l], or "mid".
+      grid: (T, F) token grid at that level; token n = t * F + f.
+      queries: captured query token indices (empty until chosen).
+    """
+
+    name: str
+    level: Level
+    grid: tuple[int, int]
+    queries: tuple[int, ...] = ()
+
+    @property
+    def freq_bins(self) -> int:
+        return self.grid[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCapture:
+    """Dense attention probabilities of chosen queries, per captured denoising step and self-attention site.
+
+    Attributes:
+      probs: {(step, site name): float32 (B', H, Q, N)} with B' = the UNet batch ([uncond; cond] with
+        guidance), Q = len(site.queries), N = T * F of the site's grid.
+      sites: the captured sites, in UNet execution order.
+      steps / timesteps: captured step indices (0 = first denoising step) and their UNet timesteps.
+      batch_rows: a label per row of B' ("uncond", "cond").
+      weights: what the weights are (a model id or path, or RANDOM_WEIGHTS).
+      litefocus: the LiteFocusConfig the generation ran with; None = dense (also when its length rule kept it
+        dense). The captured probabilities are dense either way.
+    """
+
+    probs: Mapping[tuple[int, str], np.ndarray]
+    sites: tuple[AttentionSite, ...]
+    steps: tuple[int, ...]
+    timesteps: tuple[int, ...]
+    batch_rows: tuple[str, ...]
+    weights: str
+    prompt: str
+    negative_prompt: str
+    audio_length_in_s: float
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    litefocus: LiteFocusConfig | None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == RANDOM_WEIGHTS
+
+    @property
+    def weights_note(self) -> str:
+        return RANDOM_WEIGHTS_NOTE if self.random_weights else f"weights: {self.weights}"
+
+    def site(self, name: str) -> AttentionSite:
+        return next(s for s in self.sites if s.name == name)
+
+
+# ---------------------------------------------------------------------------------------------- pure measures
+
+
+def row_mass(probs, freq_bins: int, query_indices: Sequence[int]) -> np.ndarray:
+    """Fraction of each query's attention that falls on its own frequency row.
+
+    Args:
+      probs: (..., Q, N) probabilities over N = T * F keys (e.g. (B, H, Q, N)), token n = t * F + f.
+      freq_bins: F.
+      query_indices: the Q query token indices (a query's row is index % F).
+
+    Returns:
+      float64 (..., Q): sum of probs over keys j with j % F == query % F. Uniform attention gives 1/F.
+    """
+    probs = np.asarray(probs, np.float64)
+    queries = np.asarray(query_indices)
+    n = probs.shape[-1]
+    if freq_bins < 1 or n % freq_bins:
+        raise ValueError(f"row_mass: N = {n} keys is not a whole number of frequency rows of F = {freq_bins}.")
+    if probs.ndim < 2 or queries.shape != (probs.shape[-2],):
+        raise ValueError(f"row_mass: {queries.shape} query indices for probs of shape {probs.shape} (..., Q, N).")
+    same_row = (np.arange(n) % freq_bins)[None, :] == (queries % freq_bins)[:, None]  # (Q, N)
+    return np.where(same_row, probs, 0.0).sum(axis=-1)
+
+
+def key_grid(probs, grid: tuple[int, int]) -> np.ndarray:
+    """(..., N) probabilities over keys -> (..., T, F) on the key grid (token n = t * F + f)."""
+    probs = np.asarray(probs)
+    return probs.reshape(*probs.shape[:-1], *grid)
+
+
+def spread_queries(grid: tuple[int, int], count: int) -> tuple[int, ...]:
+    """`count` query tokens spread over the grid: evenly over time, cycling over frequency rows.
+
+    The (j+0.5)/count time quantiles keep queries off the edges; rows step by F/count so few queries
+    still cover low, middle and high frequencies.
+    """
+    t_bins, f_bins = grid
+    if not 1 <= count <= t_bins * f_bins:
+        raise ValueError(f"queries={count}: choose 1 to {t_bins * f_bins} queries for a {t_bins}x{f_bins} grid.")
+    tokens = []
+    for j in range(count):
+        t = min(t_bins - 1, (2 * j + 1) * t_bins // (2 * count))
+        f = (j * f_bins // count) if count <= f_bins else j % f_bins
+        token = t * f_bins + f
+        while token in tokens:  # only when count > T: take the next free token
+            token = (token + 1) % (t_bins * f_bins)
+        tokens.append(token)
+    return tuple(tokens)
+
+
+# ---------------------------------------------------------------------------------------------- sites
+
+
+def self_attention_sites(unet_config, latent_shape: Sequence[int]) -> tuple[AttentionSite, ...]:
+    """Every self-attention module of a UNet (attn1, and attn2 of double-self-attention blocks), execution order.
+
+    Args:
+      unet_config: the UNet's `UNetConfig`.
+      latent_shape: (B, T, F, C) or (T, F) of the latent; fixes each level's token grid.
+    """
+    n = len(unet_config.block_out_channels)
+    counts = unet_config.self_attention_calls()
+    everywhere = LiteFocusConfig(cross_frequency=False, levels=tuple(counts))
+    grids = {lp.level: (lp.time, lp.freq_bins) for lp in make_plan(unet_config, everywhere, latent_shape).levels}
+    groups = [(f"down_blocks.{l}", l, unet_config.layers_per_block[l])
+              for l in range(n) if unet_config.down_block_types[l] == "CrossAttnDownBlock2D"]
+    groups.append(("mid_block", "mid", 1))
+    groups += [(f"up_blocks.{k}", n - 1 - k, unet_config.layers_per_block[n - 1 - k] + 1)
+               for k in range(n) if unet_config.up_block_types[k] == "CrossAttnUpBlock2D"]
+    sites = []
+    for prefix, level, resnets in groups:
+        at = n - 1 if level == "mid" else level
+        dims, layers = unet_config.cross_attention_dims[at], unet_config.transformer_layers_per_block[at]
+        for r in range(resnets):
+            for idx, dim in enumerate(dims):
+                for j in range(layers):
+                    base = f"{prefix}.attentions.{r * len(dims) + idx}.transformer_blocks.{j}"
+                    names = ("attn1", "attn2") if dim is None else ("attn1",)
+                    sites += [AttentionSite(f"{base}.{a}", level, grids[level]) for a in names]
+    assert len(sites) == sum(counts.values()), "site enumeration disagrees with UNetConfig.self_attention_calls"
+    return tuple(sites)
+
+
+def choose_sites(sites: Sequence[AttentionSite], blocks=None, queries=4) -> tuple[AttentionSite, ...]:
+    """Select sites and attach their queries.
+
+    Args:
+      sites: from `self_attention_sites`.
+      blocks: None (all), or an iterable of site names and/or levels (an int l or "mid": every site of that level).
+      queries: an int (that many `spread_queries` per site), a sequence of token indices (every site), or
+        {level: token indices}.
+    """
+    chosen = _matching(sites, blocks)
+    if not chosen:
+        raise ValueError("blocks is empty: name sites or levels, or pass None for every self-attention.")
+    return tuple(dataclasses.replace(s, queries=_queries_for(s, queries)) for s in chosen)
+
+
+def _matching(sites: Sequence[AttentionSite], blocks) -> list[AttentionSite]:
+    """The sites named by `blocks` (None: all; else site names and/or levels). Raises on a name that matches nothing."""
+    if blocks is None:
+        return list(sites)
+    wanted = [blocks] if isinstance(blocks, (str, int)) else list(blocks)
+    unknown = [b for b in wanted if not any(b in (s.name, s.level) for s in sites)]
+    if unknown:
+        raise ValueError(f"blocks: {unknown} match no site here; known levels {sorted({s.level for s in sites}, key=str)}, "
+                         f"names like {sites[0].name!r}.")
+    return [s for s in sites if s.name in wanted or s.level in wanted]
+
+
+def _queries_for(site: AttentionSite, queries) -> tuple[int, ...]:
+    if isinstance(queries, (int, np.integer)) and not isinstance(queries, bool):
+        return spread_queries(site.grid, int(queries))
+    if isinstance(queries, Mapping):
+        if site.level not in queries:
+            raise ValueError(f"queries: no entry for level {site.level!r} (needed by {site.name}); give every captured level.")
+        queries = queries[site.level]
+    tokens = tuple(int(q) for q in queries)
+    n = site.grid[0] * site.grid[1]
+    if not tokens or any(not 0 <= q < n for q in tokens):
+        raise ValueError(f"queries {tokens} for {site.name}: need one or more token indices in [0, {n}) "
+                         f"(grid {site.grid[0]}x{site.grid[1]}, token = t * {site.grid[1]} + f).")
+    return tokens
+
+
+def _module_at(root, name: str):
+    for part in name.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- capture
+
+
+def _resolve_steps(steps, total: int) -> tuple[int, ...]:
+    resolved = sorted({int(s) + total if int(s) < 0 else int(s) for s in steps})
+    if not resolved or resolved[0] < 0 or resolved[-1] >= total:
+        raise ValueError(f"steps {tuple(steps)}: give step indices in [0, {total}) (negative counts from the end).")
+    return tuple(resolved)
+
+
+def _step_fn(graphdef, step_fn, cfg: bool, litefocus):
+    """One jitted denoising step of `graphdef`'s UNet -> (x, state, {site name: probs}). Mirrors the body of
+    `AudioLDM2Pipeline._denoise_fn` (CFG by batch doubling, the step's LiteFocus indices)."""
+
+    def step(params, x, state, i, t, idx, t5, t5_mask, generated, guidance):  # the order of encode_prompt's outputs
+        unet = nnx.merge(graphdef, params)
+        x_in = jnp.concatenate([x, x]) if cfg else x
+        eps, inter = nnx.capture(unet, nnx.Intermediate)(
+            x_in, t, generated, t5, None, t5_mask, comp_indices=idx if litefocus else None, litefocus=litefocus)
+        if cfg:
+            uncond, cond = jnp.split(eps, 2)
+            eps = uncond + guidance * (cond - uncond)
+        state, x = step_fn(state, eps.astype(x.dtype), i, x, None)
+        probs = {".".join(map(str, path[:-1])): var.get_value()[0] for path, var in nnx.to_flat_state(inter)}
+        return x, state, probs
+
+    return jax.jit(step)
+
+
+def _capturing_graphdef(pipe, sites):
+    """The pipeline UNet's graph with `capture_queries` set on the chosen sites (the pipeline's own is untouched)."""
+    graphdef, params = pipe.modules["unet"]
+    unet = nnx.merge(graphdef, params)
+    for site in sites:
+        _module_at(unet, site.name).capture_queries = site.queries
+    return nnx.split(unet)[0]
+
+
+def capture_attention(
+    pipe,
+    prompt: str,
+    *,
+    weights: str,
+    negative_prompt: str = "",
+    audio_length_in_s: float | None = None,
+    num_inference_steps: int = 50,
+    steps: Sequence[int] = (0,),
+    queries=4,
+    blocks=None,
+    litefocus: LiteFocusConfig | None = None,
+    seed: int = 0,
+    guidance_scale: float = 3.5,
+    latents=None,
+) -> AttentionCapture:
+    """Run a generation up to the last chosen step and capture dense self-attention probabilities.
+
+    Args:
+      pipe: an `AudioLDM2Pipeline`.
+      prompt / negative_prompt: one prompt.
+      weights: what the weights are, recorded in every output: a model id or path, or RANDOM_WEIGHTS (which
+        also warns that the maps carry no learned structure).
+      audio_length_in_s, num_inference_steps, guidance_scale, seed, latents: as `AudioLDM2Pipeline.__call__`
+        (latents channels-last (1, T, F, C)).
+      steps: denoising step indices to capture (0 = first; negative counts from the end).
+      queries: per site, an int (spread over the grid), token indices, or {level: token indices}.
+      blocks: None (every self-attention), or site names and/or levels (see `choose_sites`).
+      litefocus: run the generation with LiteFocus (the captured probabilities stay dense).
+
+    The sampler is the pipeline's (`pipe.scheduler`, eta = 0); steps after the last captured one are not run.
+
+    Returns:
+      AttentionCapture with probs (B', H, Q, N) per (step, site); B' = 2 with guidance ([uncond; cond]).
+    """
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+        raise ValueError("capture_attention takes one prompt and one negative_prompt, each a str.")
+    if not isinstance(weights, str) or not weights:
+        raise ValueError(f"weights must say what the weights are (a model id or path, or {RANDOM_WEIGHTS!r}), got {weights!r}.")
+    prompts, negatives, shape, _ = pipe._check_call(prompt, negative_prompt, audio_length_in_s, num_inference_steps,
+                                                     guidance_scale, 1, latents)
+    sched = make_scheduler(pipe.scheduler, pipe.scheduler_config, num_inference_steps)
+    steps = _resolve_steps(steps, len(sched.timesteps))
+    sites = choose_sites(self_attention_sites(pipe.unet_config, shape), blocks, queries)
+    active, comp = pipe._comp_schedule(litefocus, shape[1:], num_inference_steps)
+    if weights == RANDOM_WEIGHTS:
+        warnings.warn(RANDOM_WEIGHTS_NOTE, stacklevel=2)
+    cfg = guidance_scale > 1.0
+    text = pipe.encode_prompt(prompts, negatives, 1, cfg)  # (t5, t5_mask, generated)
+    if latents is None:
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)  # item 0's noise, as AudioLDM2Pipeline.__call__
+        latents = jax.random.normal(key, shape[1:], jnp.float32)[None]
+    probs = _denoise_capturing(pipe, sched, sites, steps, active, comp, jnp.asarray(latents, pipe.dtype), text,
+                               guidance_scale if cfg else None)
+    return AttentionCapture(
+        probs=probs, sites=sites, steps=steps, timesteps=tuple(int(sched.timesteps[s]) for s in steps),
+        batch_rows=("uncond", "cond") if cfg else ("cond",), weights=weights, prompt=prompt,
+        negative_prompt=negative_prompt,
+        audio_length_in_s=float(audio_length_in_s or shape[1] * pipe.vae_scale_factor * pipe.vocoder_upsample_factor),
+        num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale), seed=seed, litefocus=active,
+    )
+
+
+def _denoise_capturing(pipe, sched, sites, steps, litefocus, comp, x, text, guidance) -> dict:
+    """Denoise from latent x up to the last captured step; {(step, site name): float32 (B', H, Q, N)}.
+
+    Only the captured steps run the capturing graph; the others run the plain UNet (each compiles once).
+    """
+    cfg = guidance is not None
+    plain = _step_fn(pipe.modules["unet"][0], sched.step, cfg, litefocus)
+    capturing = _step_fn(_capturing_graphdef(pipe, sites), sched.step, cfg, litefocus)
+    params, guidance = pipe.modules["unet"][1], jnp.asarray(guidance or 1.0, jnp.float32)
+    state, probs = sched.init_state(x), {}
+    for i in range(steps[-1] + 1):  # later steps cannot change what was captured
+        idx = jax.tree_util.tree_map(lambda a: a[i], comp)
+        fn = capturing if i in steps else plain
+        x, state, got = fn(params, x, state, jnp.int32(i), sched.timesteps[i], idx, *text, guidance)
+        if i in steps:
+            _check_captured(got, sites)
+            probs.update({(i, s.name): np.asarray(got[s.name], np.float32) for s in sites})
+    return probs
+
+
+def _check_captured(got: Mapping[str, jax.Array], sites):
+    for s in sites:
+        want = (len(s.queries), s.grid[0] * s.grid[1])
+        if s.name not in got or tuple(got[s.name].shape[-2:]) != want:
+            shape = None if s.name not in got else tuple(got[s.name].shape)
+            raise RuntimeError(f"capture of {s.name}: expected probs (B, H, {want[0]}, {want[1]}), got {shape}; the "
+                               "UNet's module tree and analysis.self_attention_sites disagree.")
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+
+def summarize(capture: AttentionCapture) -> list[dict]:
+    """One row per (step, level, site, head): same-row mass averaged over batch rows and queries.
+
+    Each row: step, timestep, level, block, head, freq_bins, tokens, row_mass, uniform (= 1/F, the mass of
+    uniform attention) and concentration (= row_mass / uniform; 1 means no preference for the own row).
+    """
+    rows = []
+    for step, timestep in zip(capture.steps, capture.timesteps):
+        for site in capture.sites:
+            mass = row_mass(capture.probs[step, site.name], site.freq_bins, site.queries)  # (B', H, Q)
+            for head, value in enumerate(mass.mean(axis=(0, 2))):
+                rows.append(dict(step=step, timestep=timestep, level=site.level, block=site.name, head=head,
+                                 freq_bins=site.freq_bins, tokens=site.grid[0] * site.grid[1], row_mass=float(value),
+                                 uniform=1.0 / site.freq_bins, concentration=float(value) * site.freq_bins))
+    return rows
+
+
+def aggregate(rows: Iterable[Mapping], by: Sequence[str] = ("step", "level")) -> list[dict]:
+    """Group `summarize` rows by the `by` keys: mean, min and max row_mass, the uniform baseline, concentration."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        mass = np.array([m["row_mass"] for m in members])
+        uniform = float(np.mean([m["uniform"] for m in members]))
+        out.append(dict(zip(by, key), n=len(members), row_mass=float(mass.mean()), min=float(mass.min()),
+                        max=float(mass.max()), uniform=uniform, concentration=float(mass.mean()) / uniform))
+    return out
+
+
+def format_table(rows: Iterable[Mapping], by: Sequence[str] = ("step", "level"), weights_note: str | None = None) -> str:
+    """A printable table of `aggregate(rows, by)`; `weights_note` (e.g. capture.weights_note) heads it."""
+    stats = ("n", "row_mass", "min", "max", "uniform", "concentration")
+    header = list(by) + ["heads x blocks" if s == "n" else "x uniform" if s == "concentration" else s for s in stats]
+    lines = [] if weights_note is None else [weights_note]
+    body = [[str(r[k]) for k in by] + [str(r["n"])] + [f"{r[s]:.3f}" for s in stats[1:]] for r in aggregate(rows, by)]
+    widths = [max(len(c) for c in col) for col in zip(header, *body)]
+    for cells in [header, *body]:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def write_report(capture: AttentionCapture, path, rows: list[dict] | None = None) -> Path:
+    """Write the capture's setup, per-level summary and per-head rows as JSON, atomically. Returns the path."""
+    rows = summarize(capture) if rows is None else rows
+    lf = None if capture.litefocus is None else dataclasses.asdict(capture.litefocus)
+    report = dict(
+        weights=capture.weights, random_weights=capture.random_weights, weights_note=capture.weights_note,
+        prompt=capture.prompt, negative_prompt=capture.negative_prompt, audio_length_in_s=capture.audio_length_in_s,
+        num_inference_steps=capture.num_inference_steps, guidance_scale=capture.guidance_scale, seed=capture.seed,
+        litefocus=lf, probabilities="dense softmax(q k^T * scale) of the chosen queries over all keys",
+        steps=list(capture.steps), timesteps=list(capture.timesteps), batch_rows=list(capture.batch_rows),
+        sites=[dict(name=s.name, level=s.level, grid=list(s.grid), queries=list(s.queries)) for s in capture.sites],
+        by_level=aggregate(rows, ("step", "level")), rows=rows,
+    )
+    text = json.dumps(report, indent=1)
+    return atomic_file(Path(path), lambda tmp: tmp.write_text(text))
+
+
+# ---------------------------------------------------------------------------------------------- heat maps
+
+
+def require_matplotlib():
+    """The matplotlib `Figure` class (no pyplot state), or ImportError naming the extra to install."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError(MATPLOTLIB_HINT) from e
+    return Figure
+
+
+def save_heatmaps(
+    capture: AttentionCapture, out_dir, *, blocks=None, steps=None, head: int | None = None, batch_row: int = -1,
+) -> list[Path]:
+    """Write one PNG per (step, site): each query's attention map on the (T, F) key grid (the paper's Figure 2).
+
+    Args:
+      capture: from `capture_attention`.
+      out_dir: created if missing; files are `step{step:03d}_{site name}.png`, each written atomically.
+      blocks: None (every captured site), or site names and/or levels.
+      steps: None (every captured step), or captured step indices.
+      head: None averages the heads; an int picks one.
+      batch_row: the row of B' to draw (default -1, the conditional branch).
+
+    Returns:
+      The written paths.
+    """
+    figure = require_matplotlib()
+    sites = _matching(capture.sites, blocks)
+    steps = capture.steps if steps is None else tuple(steps)
+    missing = [s for s in steps if s not in capture.steps]
+    if missing:
+        raise ValueError(f"save_heatmaps: steps {missing} were not captured (captured: {capture.steps}).")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for step in steps:
+        for site in sites:
+            fig = _heatmap_figure(figure, capture, step, site, head, batch_row)
+            path = out_dir / f"step{step:03d}_{site.name}.png"
+            paths.append(atomic_file(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100)))
+    return paths
+
+
+def _heatmap_figure(figure, capture: AttentionCapture, step: int, site: AttentionSite, head, batch_row):
+    probs = capture.probs[step, site.name][batch_row]  # (H, Q, N)
+    probs = probs.mean(axis=0) if head is None else probs[head]
+    maps, mass = key_grid(probs, site.grid), row_mass(probs, site.freq_bins, site.queries)
+    t_bins, f_bins = site.grid
+    fig = figure(figsize=(3.2 * len(site.queries) + 0.8, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(site.queries), squeeze=False)[0]
+    for ax, grid, query, m in zip(axes, maps, site.queries, mass):
+        image = ax.imshow(grid.T, origin="lower", aspect="auto", cmap="viridis", interpolation="nearest",
+                          vmin=0.0, vmax=float(maps.max()))  # one scale: panels compare
+        ax.axhspan(query % f_bins - 0.5, query % f_bins + 0.5, fill=False, edgecolor="red", linestyle="--", linewidth=0.8)
+        ax.plot([query // f_bins], [query % f_bins], marker="x", color="red", markersize=8)
+        ax.set_title(f"query t={query // f_bins} f={query % f_bins}\nown-row mass {m:.2f} (uniform {1 / f_bins:.2f})", fontsize=8)
+        ax.set_xlabel("key time frame")
+        ax.set_ylabel("key frequency row")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="probability")
+    heads = "mean of heads" if head is None else f"head {head}"
+    note = " | RANDOM WEIGHTS: no learned structure" if capture.random_weights else ""
+    fig.suptitle(f"{site.name} (level {site.level}, {t_bins}x{f_bins}) step {step} t={capture.timesteps[capture.steps.index(step)]}"
+                 f", {capture.batch_rows[batch_row]}, {heads}{note}", fontsize=9)
+    return fig
