@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from litefocus_jax.litefocus import Level, LiteFocusConfig, make_plan
+from litefocus_jax.pipeline_audioldm2 import guided_eps
 from litefocus_jax.schedulers import make_scheduler
 from litefocus_jax.weights import atomic_file
 
@@ -250,17 +251,20 @@ def _resolve_steps(steps, total: int) -> tuple[int, ...]:
 
 
 def _step_fn(graphdef, step_fn, cfg: bool, litefocus):
-    """One jitted denoising step of `graphdef`'s UNet -> (x, state, {site name: probs}). Mirrors the body of
-    `AudioLDM2Pipeline._denoise_fn` (CFG by batch doubling, the step's LiteFocus indices)."""
+    """One jitted denoising step of `graphdef`'s UNet -> (x, state, {site name: probs}), with the pipeline's
+    `guided_eps` (CFG by batch doubling, the step's LiteFocus indices)."""
 
     def step(params, x, state, i, t, idx, t5, t5_mask, generated, guidance):  # the order of encode_prompt's outputs
-        unet = nnx.merge(graphdef, params)
-        x_in = jnp.concatenate([x, x]) if cfg else x
-        eps, inter = nnx.capture(unet, nnx.Intermediate)(
-            x_in, t, generated, t5, None, t5_mask, comp_indices=idx if litefocus else None, litefocus=litefocus)
-        if cfg:
-            uncond, cond = jnp.split(eps, 2)
-            eps = uncond + guidance * (cond - uncond)
+        unet = nnx.capture(nnx.merge(graphdef, params), nnx.Intermediate)
+        captured = []
+
+        def call(*args, **kwargs):
+            eps, inter = unet(*args, **kwargs)
+            captured.append(inter)
+            return eps
+
+        eps = guided_eps(call, x, t, idx, t5, t5_mask, generated, guidance, cfg=cfg, litefocus=litefocus)
+        inter = captured[0]
         state, x = step_fn(state, eps.astype(x.dtype), i, x, None)
         probs = {".".join(map(str, path[:-1])): var.get_value()[0] for path, var in nnx.to_flat_state(inter)}
         return x, state, probs

@@ -92,6 +92,20 @@ def _split(module):
     return graphdef, nnx.to_pure_dict(state)
 
 
+def guided_eps(unet, x, t, idx, t5, t5_mask, generated, guidance, *, cfg: bool, litefocus):
+    """The guided noise prediction (B, T, F, C) for latents x (B, T, F, C) at timestep t.
+
+    `unet` is the UNet module or any callable with its signature; with `cfg` the batch is doubled
+    (unconditional first) and combined with `guidance`; `idx` is the step's LiteFocus index rows.
+    """
+    x_in = jnp.concatenate([x, x]) if cfg else x
+    eps = unet(x_in, t, generated, t5, None, t5_mask, comp_indices=idx if litefocus else None, litefocus=litefocus)
+    if cfg:
+        uncond, cond = jnp.split(eps, 2)
+        eps = uncond + guidance * (cond - uncond)
+    return eps
+
+
 class AudioLDM2Pipeline:
     """AudioLDM2 text-to-audio. Build with `from_pretrained`; call with a prompt (see `__call__`)."""
 
@@ -293,11 +307,7 @@ class AudioLDM2Pipeline:
                 def body(carry, xs):
                     x, state = carry
                     i, t, idx = xs
-                    x_in = jnp.concatenate([x, x]) if cfg else x
-                    eps = unet(x_in, t, generated, t5, None, t5_mask, comp_indices=idx if litefocus else None, litefocus=litefocus)
-                    if cfg:
-                        uncond, cond = jnp.split(eps, 2)
-                        eps = uncond + guidance * (cond - uncond)
+                    eps = guided_eps(unet, x, t, idx, t5, t5_mask, generated, guidance, cfg=cfg, litefocus=litefocus)
                     noise = None
                     if eta > 0:
                         noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(item_keys)
