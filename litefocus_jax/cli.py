@@ -24,14 +24,6 @@ SCHEDULERS = ("ddim", "dpmsolver++")
 ATTENTION = ("dense", "litefocus")
 DTYPES = ("float32", "bfloat16")
 
-# the cvssp/audioldm2 DDIM scheduler config (scheduler/scheduler_config.json)
-CVSSP_DDIM = {
-    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195,
-    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-    "prediction_type": "epsilon", "timestep_spacing": "leading", "trained_betas": None,
-}
-
-
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -241,6 +233,7 @@ def build_tiny_pipeline(seed: int = 0, dtype=None):
     from litefocus_jax.models.modeling_t5 import init_t5_encoder
     from litefocus_jax.models.projection_audioldm2 import init_projection_model
     from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline
+    from litefocus_jax.schedulers import CVSSP_DDIM
 
     dtype = dtype or jnp.float32
     tok, tok2, n_vocab, n_pieces = tiny_tokenizers()

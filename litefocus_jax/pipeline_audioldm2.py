@@ -296,6 +296,10 @@ class AudioLDM2Pipeline:
         return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*branches))
 
     def _denoise_fn(self, num_steps: int, cfg: bool, litefocus, eta: float, mesh=None):
+        if litefocus is not None:
+            # seed, resample and the length rule only shape the index data (made by _comp_schedule): one
+            # compiled program serves them all.
+            litefocus = dataclasses.replace(litefocus, seed=0, resample="per_call", dense_at_or_below_s=None)
         key = ("denoise", num_steps, cfg, litefocus, eta, mesh)
         if key not in self._jitted:
             graphdef = self.modules["unet"][0]

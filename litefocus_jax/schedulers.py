@@ -41,6 +41,14 @@ _PREDICTIONS = ("epsilon", "v_prediction")
 
 # ---------------------------------------------------------------------------------------------- noise schedule
 
+# the cvssp/audioldm2 DDIM scheduler config (scheduler/scheduler_config.json)
+CVSSP_DDIM = {
+    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "prediction_type": "epsilon", "timestep_spacing": "leading", "trained_betas": None,
+}
+
+
 
 def _torch_linspace_f32(start: float, end: float, n: int) -> np.ndarray:
     """torch.linspace(start, end, n, dtype=float32) bit for bit on x86 CPU (fused multiply-add, two halves)."""
