@@ -61,7 +61,7 @@ def _seed(text):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litefocus-jax", description="AudioLDM2 text-to-audio in JAX with LiteFocus sparse attention.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,demo,bench}")
 
     g = sub.add_parser("generate", help="text to wav files (one prompt, or a prompts file), resumable",
                        description="Generate one wav per prompt into --out-dir, with a JSONL manifest. Re-running the same "
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert a diffusers AudioLDM2 snapshot to litefocus_jax safetensors", add_help=False)
     c.add_argument("args", nargs=argparse.REMAINDER, help="see `litefocus-jax convert --help`")
+    b = sub.add_parser("bench", help="benchmarks: JAX dense/LiteFocus vs the PyTorch peers (benchmarks/README.md)", add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="see `litefocus-jax bench --help`")
 
     d = sub.add_parser("demo", help="no download: tiny random model end to end, then real-size UNet timing",
                        description="Runs the whole pipeline on a built-in tiny random-weight model (no download, no torch) and "
@@ -309,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from litefocus_jax.conversion import main as convert_main
 
         return convert_main(argv[1:])
+    if argv and argv[0] == "bench":  # the benchmark harness owns its arguments and --help
+        from litefocus_jax.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return cmd_generate(args)

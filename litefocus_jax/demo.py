@@ -10,7 +10,6 @@ Random weights say nothing about audio quality; they measure speed at the real g
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +21,9 @@ from litefocus_jax.presets import unet_config
 
 
 def _timed(fn, *args, repeats: int):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        runs.append(time.perf_counter() - start)
+    from litefocus_jax.bench import timed_runs
+
+    out, first, runs = timed_runs(lambda: fn(*args), repeats, jax.block_until_ready)
     return out, first, float(np.median(runs)) if runs else first
 
 

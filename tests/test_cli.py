@@ -39,7 +39,7 @@ def cache(tmp_path_factory):
 
 def test_help_texts():
     top = cli("--help")
-    assert top.returncode == 0 and all(c in top.stdout for c in ("generate", "convert", "demo"))
+    assert top.returncode == 0 and all(c in top.stdout for c in ("generate", "convert", "demo", "bench"))
     gen = cli("generate", "--help")
     assert gen.returncode == 0
     for option in ("--prompts", "--out-dir", "--model", "--seconds", "--steps", "--scheduler", "--guidance", "--seed",
@@ -49,6 +49,8 @@ def test_help_texts():
     assert conv.returncode == 0 and "--dtype" in conv.stdout and "--overwrite" in conv.stdout
     demo = cli("demo", "--help")
     assert demo.returncode == 0 and "--seconds" in demo.stdout and "--skip-timing" in demo.stdout
+    bench = cli("bench", "--help")
+    assert bench.returncode == 0 and all(o in bench.stdout for o in ("--scopes", "--jax-impls", "--check-targets"))
 
 
 def test_generate_one_prompt_then_resume(snapshot, tmp_path, cache):

@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention as TorchAttention
 
 import litefocus_jax as lj
+from litefocus_jax import torch_reference
 from litefocus_jax.presets import unet_config
-from litefocus_reference import ReleasedLiteFocusAttnProcessor
 from test_unet_audioldm2 import jax_unet_out, make_inputs, torch_unet_out
 from tiny_models import build_tiny_unet
 
@@ -115,18 +114,9 @@ def test_indices_are_seeded():
 
 def install_released_litefocus(unet, indices: dict, freq_bins: dict, same_frequency=True, cross_frequency=True):
     """Give every self-attention of the chosen levels the released algorithm, fed `indices` in call order."""
-    n = len(unet.down_blocks)
-    for key, rows in indices.items():
-        level = key if key == "mid" else int(key)
-        feed = iter(torch.from_numpy(np.asarray(rows, np.int64)))
-        blocks = [unet.mid_block] if level == "mid" else [unet.down_blocks[level], unet.up_blocks[n - 1 - level]]
-        proc = ReleasedLiteFocusAttnProcessor(lambda feed=feed: next(feed), f_n=freq_bins[key],
-                                              same_frequency=same_frequency, cross_frequency=cross_frequency)
-        for block in blocks:
-            for module in block.modules():
-                if isinstance(module, TorchAttention) and not module.is_cross_attention:
-                    module.set_processor(proc)
-    return unet
+    providers = {k: (lambda feed=iter(torch.from_numpy(np.asarray(r, np.int64))): next(feed)) for k, r in indices.items()}
+    return torch_reference.install_released_litefocus(
+        unet, providers, freq_bins, same_frequency=same_frequency, cross_frequency=cross_frequency)
 
 
 @pytest.mark.parametrize(
