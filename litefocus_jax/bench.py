@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from litefocus_jax.cli import _positive_float, _positive_int, _seed
+from litefocus_jax.presets import AUDIOLDM2_VAE, AUDIOLDM2_VOCODER, TINY_VAE, TINY_VOCODER
 from litefocus_jax.schedulers import CVSSP_DDIM
 from litefocus_jax.torch_reference import INSTALL_HINT
 
@@ -68,15 +69,6 @@ RESULT_MARKER = "LITEFOCUS_BENCH_RESULT "
 TORCH_PACKAGES = ("torch", "diffusers", "transformers")
 VERSION_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "diffusers", "transformers", "litefocus-jax")
 
-# cvssp/audioldm2 vae/config.json and vocoder/config.json (AUDIOLDM2.md §3.3-3.4), for random-weight use.
-AUDIOLDM2_VAE = dict(
-    _class_name="AutoencoderKL", in_channels=1, out_channels=1, latent_channels=8, block_out_channels=[128, 256, 512],
-    down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=2,
-    norm_num_groups=32, act_fn="silu", sample_size=1024, scaling_factor=0.4110932946205139)
-AUDIOLDM2_VOCODER = dict(
-    model_in_dim=64, sampling_rate=16000, upsample_initial_channel=1024, upsample_rates=[5, 4, 2, 2, 2],
-    upsample_kernel_sizes=[16, 16, 8, 4, 4], resblock_kernel_sizes=[3, 7, 11],
-    resblock_dilation_sizes=[[1, 3, 5]] * 3, leaky_relu_slope=0.1, normalize_before=False)
 # The --quick model: a two-level UNet (level 1 is the LiteFocus level, as in the real one; compiles in
 # seconds) and the VAE and vocoder of `litefocus_jax.cli.build_tiny_pipeline`.
 TINY = dict(
@@ -84,10 +76,8 @@ TINY = dict(
               block_out_channels=[16, 32], layers_per_block=1, attention_head_dim=2, norm_num_groups=8,
               down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
               cross_attention_dim=[[None, 16, 24]] * 2, transformer_layers_per_block=1),
-    vae=dict(AUDIOLDM2_VAE, block_out_channels=[16, 32, 32], layers_per_block=1, norm_num_groups=8),
-    vocoder=dict(model_in_dim=64, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[5, 4, 8],
-                 upsample_kernel_sizes=[16, 8, 16], resblock_kernel_sizes=[3, 7],
-                 resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], normalize_before=False),
+    vae=dict(TINY_VAE),
+    vocoder=dict(TINY_VOCODER),
 )
 MODELS = ("audioldm2", "audioldm2-large", "audioldm2-music", "tiny")
 

@@ -235,6 +235,7 @@ def build_tiny_pipeline(seed: int = 0, dtype=None):
     from litefocus_jax.models.modeling_t5 import init_t5_encoder
     from litefocus_jax.models.projection_audioldm2 import init_projection_model
     from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline
+    from litefocus_jax.presets import TINY_VAE, TINY_VOCODER
     from litefocus_jax.schedulers import CVSSP_DDIM
 
     dtype = dtype or jnp.float32
@@ -244,14 +245,8 @@ def build_tiny_pipeline(seed: int = 0, dtype=None):
         block_out_channels=[16, 32, 48, 64], layers_per_block=2, attention_head_dim=2, norm_num_groups=8,
         down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 3, up_block_types=["CrossAttnUpBlock2D"] * 3 + ["UpBlock2D"],
         cross_attention_dim=[[None, 16, 24]] * 4, transformer_layers_per_block=1), seed=seed, dtype=dtype)
-    vae = init_vae(dict(
-        _class_name="AutoencoderKL", in_channels=1, out_channels=1, latent_channels=8, block_out_channels=[16, 32, 32],
-        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1,
-        norm_num_groups=8, act_fn="silu", scaling_factor=0.4110932946205139), seed=seed, dtype=dtype, with_encoder=False)
-    vocoder = init_vocoder(dict(
-        model_type="speecht5_hifigan", model_in_dim=64, sampling_rate=16000, upsample_initial_channel=16,
-        upsample_rates=[5, 4, 8], upsample_kernel_sizes=[16, 8, 16], resblock_kernel_sizes=[3, 7],
-        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], normalize_before=False), seed=seed, dtype=dtype)
+    vae = init_vae(dict(TINY_VAE), seed=seed, dtype=dtype, with_encoder=False)
+    vocoder = init_vocoder(dict(TINY_VOCODER), seed=seed, dtype=dtype)
     clap = init_clap_text(dict(model_type="clap", projection_dim=16, text_config=dict(
         vocab_size=n_vocab, hidden_size=16, intermediate_size=37, num_attention_heads=2, num_hidden_layers=2,
         projection_dim=16, bos_token_id=0, pad_token_id=1, eos_token_id=2, max_position_embeddings=64)), seed=seed, dtype=dtype)
