@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's litefocus_jax wins
 
-from litefocus_jax.bench import main  # noqa: E402
+from litefocus_jax.tools.bench import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

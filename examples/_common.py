@@ -16,9 +16,11 @@ from pathlib import Path
 DEFAULT_PROMPT = "a steady rain on a tin roof, distant thunder"
 # the same persistent XLA cache as `litefocus-jax generate --cache-dir`: a second run skips compilation
 DEFAULT_CACHE = os.environ.get("LITEFOCUS_JAX_CACHE", str(Path.home() / ".cache" / "litefocus_jax" / "xla"))
-TINY_NOTE = ("NOTE: no --model given, so this runs a TINY model with RANDOM weights built in-process (no download). "
-             "Its audio is NOISE: this run shows the machinery and the timings, not audio quality. "
-             "Pass --model cvssp/audioldm2 (or a local snapshot folder) for real audio.")
+TINY_NOTE = (
+    "NOTE: no --model given, so this runs a TINY model with RANDOM weights built in-process (no download). "
+    "Its audio is NOISE: this run shows the machinery and the timings, not audio quality. "
+    "Pass --model cvssp/audioldm2 (or a local snapshot folder) for real audio."
+)
 
 
 def die(message: str):
@@ -48,30 +50,51 @@ def make_parser(doc: str, name: str) -> argparse.ArgumentParser:
     if importlib.util.find_spec("litefocus_jax") is None:  # find_spec does not import it (nor jax)
         die("the litefocus_jax package is not importable: run `pip install -e .` in the repository root.")
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help="real weights: a Hub id (cvssp/audioldm2, -large, -music) or a local snapshot folder, "
-                             "diffusers or converted (default: the tiny random-weight model, no download)")
-    parser.add_argument("--out-dir", default=str(Path("example_outputs") / name),
-                        help=f"output folder, created if needed (default ./example_outputs/{name})")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="model dtype; bfloat16 suits GPU/TPU (default float32)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="real weights: a Hub id (cvssp/audioldm2, -large, -music) or a local snapshot folder, "
+        "diffusers or converted (default: the tiny random-weight model, no download)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=str(Path("example_outputs") / name),
+        help=f"output folder, created if needed (default ./example_outputs/{name})",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model dtype; bfloat16 suits GPU/TPU (default float32)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE,
-                        help="persistent XLA compilation cache ('' disables; default ~/.cache/litefocus_jax/xla "
-                             "or $LITEFOCUS_JAX_CACHE)")
+    parser.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE,
+        help="persistent XLA compilation cache ('' disables; default ~/.cache/litefocus_jax/xla or $LITEFOCUS_JAX_CACHE)",
+    )
     return parser
 
 
-def add_generation_args(parser, *, seconds: tuple, steps: tuple, prompt: bool = True,
-                        seconds_help: str = "audio length in seconds") -> None:
+def add_generation_args(
+    parser, *, seconds: tuple, steps: tuple, prompt: bool = True, seconds_help: str = "audio length in seconds"
+) -> None:
     """--prompt, --seconds, --steps, --guidance. seconds and steps are (tiny model, real weights) defaults,
     applied after parsing by `fill_defaults(args, seconds=..., steps=...)`."""
     if prompt:
         parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt")
-    parser.add_argument("--seconds", type=positive_float, default=None,
-                        help=f"{seconds_help} (default {seconds[1]:g} with --model, {seconds[0]:g} on the tiny model)")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help=f"DDIM steps (default {steps[1]} with --model, {steps[0]} on the tiny model)")
+    parser.add_argument(
+        "--seconds",
+        type=positive_float,
+        default=None,
+        help=f"{seconds_help} (default {seconds[1]:g} with --model, {seconds[0]:g} on the tiny model)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help=f"DDIM steps (default {steps[1]} with --model, {steps[0]} on the tiny model)",
+    )
     parser.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
 
 
@@ -83,7 +106,7 @@ def fill_defaults(args, **defaults: tuple) -> None:
 
 
 def prepare_out_dir(out_dir: str) -> Path:
-    from litefocus_jax.batch import check_writable
+    from litefocus_jax.tools.batch import check_writable
 
     try:
         return check_writable(out_dir)
@@ -103,19 +126,23 @@ def load_pipeline(args):
         jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     dtype = getattr(jnp, args.dtype)
     if args.model is None:
-        from litefocus_jax.cli import build_tiny_pipeline
+        from litefocus_jax.pipelines.audioldm2.tiny import build_tiny_pipeline
 
         print(TINY_NOTE)
         pipe, tiny = build_tiny_pipeline(seed=0, dtype=dtype), True
     else:
-        from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline
+        from litefocus_jax.pipelines.audioldm2.pipeline_audioldm2 import (
+            AudioLDM2Pipeline,
+        )
 
         try:
             pipe, tiny = AudioLDM2Pipeline.from_pretrained(args.model, dtype=dtype), False
         except (FileNotFoundError, ValueError) as e:  # ConversionError is a ValueError
             die(f"--model {args.model}: {e}")
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({len(jax.local_devices())} local device(s), "
-          f"{jax.devices()[0].device_kind}); model: {args.model or 'tiny random weights'}, {args.dtype}")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({len(jax.local_devices())} local device(s), "
+        f"{jax.devices()[0].device_kind}); model: {args.model or 'tiny random weights'}, {args.dtype}"
+    )
     return pipe, tiny
 
 
@@ -126,10 +153,11 @@ def latent_grid(pipe, seconds: float) -> tuple[int, int]:
 
 def plan_for(pipe, litefocus, seconds: float):
     """The LiteFocus plan of one UNet call of `pipe` at `seconds` (None for dense)."""
-    from litefocus_jax.litefocus import make_plan
+    from litefocus_jax.litefocus.plan import make_plan
 
-    return make_plan(pipe.unet_config, litefocus, latent_grid(pipe, seconds),
-                     pipe.vae_scale_factor * pipe.vocoder_upsample_factor)
+    return make_plan(
+        pipe.unet_config, litefocus, latent_grid(pipe, seconds), pipe.vae_scale_factor * pipe.vocoder_upsample_factor
+    )
 
 
 def describe_plan(plan) -> str:
@@ -137,8 +165,9 @@ def describe_plan(plan) -> str:
         return "dense (litefocus=None)"
     if not plan.active:
         return "dense (length rule)"
-    levels = ", ".join(f"level {lp.level}: {lp.calls} calls, T x F = {lp.time} x {lp.freq_bins}, K = {lp.comp_tokens}"
-                       for lp in plan.levels)
+    levels = ", ".join(
+        f"level {lp.level}: {lp.calls} calls, T x F = {lp.time} x {lp.freq_bins}, K = {lp.comp_tokens}" for lp in plan.levels
+    )
     return f"{plan.num_calls} sparse calls per UNet call ({levels})"
 
 
@@ -147,7 +176,7 @@ def save_audio(path: Path, audio, sampling_rate: int, tiny: bool) -> Path:
     too small to hear, and it is noise either way. Real audio is written as generated."""
     import numpy as np
 
-    from litefocus_jax.pipeline_audioldm2 import save_wav
+    from litefocus_jax.utils.io import save_wav
 
     audio = np.asarray(audio, np.float32)
     peak = float(np.abs(audio).max()) if audio.size and np.isfinite(audio).all() else 0.0
@@ -157,7 +186,7 @@ def save_audio(path: Path, audio, sampling_rate: int, tiny: bool) -> Path:
 
 
 def write_json(path: Path, obj) -> Path:
-    from litefocus_jax.weights import atomic_file
+    from litefocus_jax.utils.io import atomic_file
 
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
     return atomic_file(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

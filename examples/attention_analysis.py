@@ -29,12 +29,20 @@ import _common as common
 def parse_args(argv):
     parser = common.make_parser(__doc__, "attention_analysis")
     parser.add_argument("--prompt", default=common.DEFAULT_PROMPT, help="text prompt")
-    parser.add_argument("--seconds", type=common.positive_float, default=None,
-                        help="audio length in seconds (default 10.24 with --model, 1.28 on the tiny model)")
-    parser.add_argument("--steps", type=common.positive_int, default=None,
-                        help="denoising steps (default 50 with --model, 2 on the tiny model)")
-    parser.add_argument("--capture-steps", default=None,
-                        help="comma-separated step indices to capture, negative from the end (default: first, middle, last)")
+    parser.add_argument(
+        "--seconds",
+        type=common.positive_float,
+        default=None,
+        help="audio length in seconds (default 10.24 with --model, 1.28 on the tiny model)",
+    )
+    parser.add_argument(
+        "--steps", type=common.positive_int, default=None, help="denoising steps (default 50 with --model, 2 on the tiny model)"
+    )
+    parser.add_argument(
+        "--capture-steps",
+        default=None,
+        help="comma-separated step indices to capture, negative from the end (default: first, middle, last)",
+    )
     parser.add_argument("--queries", type=common.positive_int, default=4, help="queries per self-attention (default 4)")
     parser.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
     parser.add_argument("--litefocus", action="store_true", help="generate with LiteFocus (the maps stay dense)")
@@ -43,8 +51,11 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     common.fill_defaults(args, seconds=(1.28, 10.24), steps=(2, 50))
     try:
-        args.capture_steps = (tuple(int(s) for s in args.capture_steps.split(",")) if args.capture_steps
-                              else tuple(sorted({0, args.steps // 2, args.steps - 1})))
+        args.capture_steps = (
+            tuple(int(s) for s in args.capture_steps.split(","))
+            if args.capture_steps
+            else tuple(sorted({0, args.steps // 2, args.steps - 1}))
+        )
     except ValueError:
         common.die(f"--capture-steps {args.capture_steps!r}: give comma-separated ints, e.g. 0,25,-1.")
     return args
@@ -52,8 +63,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from litefocus_jax import analysis as an
-    from litefocus_jax.litefocus import LiteFocusConfig
+    from litefocus_jax.litefocus.plan import LiteFocusConfig
+    from litefocus_jax.research import analysis as an
 
     if not args.no_heatmaps:
         try:
@@ -65,16 +76,25 @@ def main(argv=None) -> int:
     pipe, tiny = common.load_pipeline(args)
     try:
         capture = an.capture_attention(
-            pipe, args.prompt, weights=an.RANDOM_WEIGHTS if tiny else args.model, audio_length_in_s=args.seconds,
-            num_inference_steps=args.steps, steps=args.capture_steps, queries=args.queries, seed=args.seed,
-            guidance_scale=args.guidance, litefocus=LiteFocusConfig() if args.litefocus else None,
+            pipe,
+            args.prompt,
+            weights=an.RANDOM_WEIGHTS if tiny else args.model,
+            audio_length_in_s=args.seconds,
+            num_inference_steps=args.steps,
+            steps=args.capture_steps,
+            queries=args.queries,
+            seed=args.seed,
+            guidance_scale=args.guidance,
+            litefocus=LiteFocusConfig() if args.litefocus else None,
         )
     except ValueError as e:
         common.die(str(e))
     rows = an.summarize(capture)
-    print(f"\nOwn-frequency-row attention mass: {args.seconds:g} s, {args.steps} steps, {args.queries} queries per "
-          f"self-attention, {'LiteFocus' if args.litefocus else 'dense'} generation; mean over blocks, heads, "
-          "queries and both guidance branches (per-head rows in report.json).")
+    print(
+        f"\nOwn-frequency-row attention mass: {args.seconds:g} s, {args.steps} steps, {args.queries} queries per "
+        f"self-attention, {'LiteFocus' if args.litefocus else 'dense'} generation; mean over blocks, heads, "
+        "queries and both guidance branches (per-head rows in report.json)."
+    )
     print(an.format_table(rows, ("step", "level"), weights_note=capture.weights_note))
     written = [an.write_report(capture, out_dir / "report.json", rows)]
     if not args.no_heatmaps:

@@ -5,7 +5,7 @@
 
 The first command needs no download: it synthesises two 1 s clips with captions into a temporary folder, takes
 the text encoders (CLAP, Flan-T5, GPT2) of the tiny random-weight pipeline of `litefocus-jax demo`, a tiny VAE
-encoder and a two-level tiny UNet (`litefocus_jax.training.TINY_UNET_CONFIG`), trains a few steps of the
+encoder and a two-level tiny UNet (`litefocus_jax.research.training.TINY_UNET_CONFIG`), trains a few steps of the
 attention projections and writes a checkpoint. The second loads a real snapshot (a Hub id when online, or a
 local folder, diffusers or converted) with `AudioLDM2Pipeline.from_pretrained`, whose VAE carries its encoder.
 
@@ -41,10 +41,18 @@ def parse_args(argv):
     p.add_argument("--audio-dir", help="folder of 16 kHz audio files (+ optional captions.jsonl); default: synthesised clips")
     p.add_argument("--steps", type=common.positive_int, default=5, help="optimizer steps (default 5)")
     p.add_argument("--batch-size", type=common.positive_int, default=2, help="clips per step (default 2)")
-    p.add_argument("--seconds", type=common.positive_float, help=f"clip length (default {SECONDS[0]:g} tiny, {SECONDS[1]:g} with --model)")
-    p.add_argument("--lr", type=common.positive_float, help=f"AdamW learning rate (default {LR[0]:g} tiny, {LR[1]:g} with --model)")
-    p.add_argument("--trainable", choices=("attention", "all"), default="attention",
-                   help="UNet parameters to train: the attention projections (default; compiles ~3x faster on CPU) or all")
+    p.add_argument(
+        "--seconds", type=common.positive_float, help=f"clip length (default {SECONDS[0]:g} tiny, {SECONDS[1]:g} with --model)"
+    )
+    p.add_argument(
+        "--lr", type=common.positive_float, help=f"AdamW learning rate (default {LR[0]:g} tiny, {LR[1]:g} with --model)"
+    )
+    p.add_argument(
+        "--trainable",
+        choices=("attention", "all"),
+        default="attention",
+        help="UNet parameters to train: the attention projections (default; compiles ~3x faster on CPU) or all",
+    )
     p.add_argument("--attention", choices=("litefocus", "dense"), default="litefocus", help="attention while training")
     p.add_argument("--ratio", type=float, default=0.1, help="LiteFocus compensation ratio in (0, 1] (default 0.1)")
     p.add_argument("--resume", help="a checkpoint folder written by this script")
@@ -59,7 +67,7 @@ def synthesise_clips(folder: Path, seconds: float) -> None:
     """Write the CLIPS as 16 kHz wavs (tones with a slow tremolo and a little noise) plus captions.jsonl."""
     import numpy as np
 
-    from litefocus_jax.pipeline_audioldm2 import save_wav
+    from litefocus_jax.utils.io import save_wav
 
     t = np.arange(int(seconds * 16000)) / 16000
     rng = np.random.default_rng(0)
@@ -77,9 +85,9 @@ def load_models(args):
 
     pipe, tiny = common.load_pipeline(args)
     if tiny:
-        from litefocus_jax.loading import init_unet
         from litefocus_jax.models.autoencoder_kl import AutoencoderKL
-        from litefocus_jax.training import TINY_UNET_CONFIG
+        from litefocus_jax.models.unet_audioldm2 import init_unet
+        from litefocus_jax.research.training import TINY_UNET_CONFIG
 
         # the tiny pipeline's VAE is decoder-only; an encoder of the same geometry (random weights) stands in
         vae = AutoencoderKL(nnx.merge(*pipe.modules["vae"]).config, with_encoder=True, rngs=nnx.Rngs(args.seed))
@@ -92,7 +100,7 @@ def load_models(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from litefocus_jax.audio import check_audio_files, read_audio_folder
+    from litefocus_jax.features.audio import check_audio_files, read_audio_folder
 
     out = common.prepare_out_dir(args.out_dir)
     try:  # everything checkable without models, before anything loads or compiles
@@ -113,16 +121,23 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from litefocus_jax.audio import audio_files_to_latents
-    from litefocus_jax.litefocus import LiteFocusConfig
-    from litefocus_jax.training import LatentTextDataset, TrainConfig, Trainer, encode_captions
+    from litefocus_jax.features.audio import audio_files_to_latents
+    from litefocus_jax.litefocus.plan import LiteFocusConfig
+    from litefocus_jax.research.training import (
+        LatentTextDataset,
+        TrainConfig,
+        Trainer,
+        encode_captions,
+    )
 
     start = time.perf_counter()
     pipe, unet, vae = load_models(args)
     latents = audio_files_to_latents(files, vae, seconds=args.seconds)
     data = LatentTextDataset(latents, *encode_captions(pipe, captions))
-    print(f"{len(files)} clips of {args.seconds:g} s from {audio_dir} -> latents {latents.shape}, text states "
-          f"{data.encoder_hidden_states.shape} + {data.encoder_hidden_states_1.shape} ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"{len(files)} clips of {args.seconds:g} s from {audio_dir} -> latents {latents.shape}, text states "
+        f"{data.encoder_hidden_states.shape} + {data.encoder_hidden_states_1.shape} ({time.perf_counter() - start:.1f} s)"
+    )
 
     litefocus = LiteFocusConfig(ratio=args.ratio, seed=args.seed) if args.attention == "litefocus" else None
     trainer = Trainer(unet, TrainConfig(learning_rate=args.lr, trainable=args.trainable, litefocus=litefocus, seed=args.seed))
@@ -131,22 +146,30 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:  # a checkpoint of another model, subset or optimizer
         common.die(f"--resume {args.resume}: {e}")
     plan = trainer.plan(latents.shape)
-    sparse = "dense" if plan is None else f"LiteFocus at levels {[lp.level for lp in plan.levels]} ({plan.num_calls} sparse calls)"
-    print(f"training {len(state.params)} of {len(state.params) + len(state.frozen)} UNet tensors, {sparse}, lr {args.lr:g}, "
-          f"from step {state.step}")
+    sparse = (
+        "dense" if plan is None else f"LiteFocus at levels {[lp.level for lp in plan.levels]} ({plan.num_calls} sparse calls)"
+    )
+    print(
+        f"training {len(state.params)} of {len(state.params) + len(state.frozen)} UNet tensors, {sparse}, lr {args.lr:g}, "
+        f"from step {state.step}"
+    )
 
     batches = data.batches(args.batch_size, seed=args.seed, start_step=state.step)
     for _ in range(args.steps):
         tick = time.perf_counter()
         state, metrics = trainer.step(state, next(batches))
         loss = float(metrics["loss"])
-        print(f"step {state.step}: loss {loss:.4f}, grad norm {float(metrics['grad_norm']):.3f} ({time.perf_counter() - tick:.2f} s)")
+        print(
+            f"step {state.step}: loss {loss:.4f}, grad norm {float(metrics['grad_norm']):.3f} ({time.perf_counter() - tick:.2f} s)"
+        )
         if not np.isfinite(loss):
             print("error: the loss is not finite; lower --lr.", file=sys.stderr)
             return 1
     path = trainer.save(out / f"step-{state.step:06d}", state, overwrite=True)
-    print(f"checkpoint {path} ({time.perf_counter() - start:.1f} s in all): litefocus_jax.load_unet('{path / 'unet'}') loads "
-          f"the fine-tuned UNet; --resume {path} continues.")
+    print(
+        f"checkpoint {path} ({time.perf_counter() - start:.1f} s in all): litefocus_jax.load_unet('{path / 'unet'}') loads "
+        f"the fine-tuned UNet; --resume {path} continues."
+    )
     return 0
 
 

@@ -27,11 +27,14 @@ SECONDS, STEPS = (1.0, 80.0), (2, 200)  # (tiny model, real weights)
 
 def parse_args(argv):
     parser = common.make_parser(__doc__, "long_audio")
-    common.add_generation_args(parser, seconds=SECONDS, steps=STEPS,
-                               seconds_help="audio length in seconds, e.g. 80 or 160")
+    common.add_generation_args(parser, seconds=SECONDS, steps=STEPS, seconds_help="audio length in seconds, e.g. 80 or 160")
     parser.add_argument("--ratio", type=float, default=0.1, help="LiteFocus compensation ratio in (0, 1] (default 0.1)")
-    parser.add_argument("--repeats", type=common.positive_int, default=1,
-                        help="timed calls per mode after the compiling one; the median is reported (default 1)")
+    parser.add_argument(
+        "--repeats",
+        type=common.positive_int,
+        default=1,
+        help="timed calls per mode after the compiling one; the median is reported (default 1)",
+    )
     args = parser.parse_args(argv)
     common.fill_defaults(args, seconds=SECONDS, steps=STEPS)
     return args
@@ -39,7 +42,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from litefocus_jax.litefocus import LiteFocusConfig
+    from litefocus_jax.litefocus.plan import LiteFocusConfig
 
     try:
         litefocus = LiteFocusConfig(ratio=args.ratio, seed=args.seed)
@@ -51,8 +54,10 @@ def main(argv=None) -> int:
         plan = common.plan_for(pipe, litefocus, args.seconds)
     except ValueError as e:  # e.g. too short for one compensation token
         common.die(f"--seconds {args.seconds}: {e}")
-    print(f"{args.seconds:g} s of audio, {args.steps} steps, guidance {args.guidance}, seed {args.seed}; "
-          f"latent T x F = {common.latent_grid(pipe, args.seconds)}")
+    print(
+        f"{args.seconds:g} s of audio, {args.steps} steps, guidance {args.guidance}, seed {args.seed}; "
+        f"latent T x F = {common.latent_grid(pipe, args.seconds)}"
+    )
     print(f"LiteFocus: {common.describe_plan(plan)}")
     if args.seconds <= 10.24:
         print("(at or below the 10.24 s training length LiteFocus has little to gain; try --seconds 80)")
@@ -61,8 +66,15 @@ def main(argv=None) -> int:
     for name, config in (("dense", None), ("litefocus", litefocus)):
         print(f"generating {name} ...", flush=True)
         out, results[name] = common.timed_calls(
-            pipe, args.prompt, args.repeats, audio_length_in_s=args.seconds, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, seed=args.seed, litefocus=config)
+            pipe,
+            args.prompt,
+            args.repeats,
+            audio_length_in_s=args.seconds,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=args.seed,
+            litefocus=config,
+        )
         audios[name] = out.audios[0]
         results[name]["wav"] = common.save_audio(out_dir / f"{name}.wav", audios[name], out.sampling_rate, tiny).name
 
@@ -72,12 +84,25 @@ def main(argv=None) -> int:
     for name, r in results.items():
         print(f"{name:10s} {r['first_call_s']:15.2f} {r['compile_s']:12.2f} {r['run_s']:10.2f}  {out_dir / r['wav']}")
     print(f"LiteFocus speedup, dense run / LiteFocus run: {speedup:.2f}x")
-    print(f"waveform difference LiteFocus vs dense (relative L2): {difference:.3f}"
-          + (" (random weights: says nothing about quality)" if tiny else ""))
-    report = dict(model=args.model or "tiny-random", tiny_random_weights=tiny, prompt=args.prompt, seconds=args.seconds,
-                  steps=args.steps, guidance=args.guidance, seed=args.seed, dtype=args.dtype, repeats=args.repeats,
-                  litefocus_config=dict(ratio=litefocus.ratio, levels=list(litefocus.levels), sparse_calls=plan.num_calls),
-                  timings=results, speedup=speedup, relative_l2_difference=difference)
+    print(
+        f"waveform difference LiteFocus vs dense (relative L2): {difference:.3f}"
+        + (" (random weights: says nothing about quality)" if tiny else "")
+    )
+    report = dict(
+        model=args.model or "tiny-random",
+        tiny_random_weights=tiny,
+        prompt=args.prompt,
+        seconds=args.seconds,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        litefocus_config=dict(ratio=litefocus.ratio, levels=list(litefocus.levels), sparse_calls=plan.num_calls),
+        timings=results,
+        speedup=speedup,
+        relative_l2_difference=difference,
+    )
     print(f"wrote {common.write_json(out_dir / 'timings.json', report)}")
     return 0
 

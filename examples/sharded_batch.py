@@ -4,7 +4,7 @@
     python examples/sharded_batch.py --model cvssp/audioldm2      # real weights, 10 s items, this host's devices
 
 It writes a prompts file (prompts.jsonl) into --out-dir and hands it to the library's batch engine, the one
-behind `litefocus-jax generate --prompts` (`litefocus_jax.batch.parse_prompts` + `run_batch`, which calls
+behind `litefocus-jax generate --prompts` (`litefocus_jax.tools.batch.parse_prompts` + `run_batch`, which calls
 `AudioLDM2Pipeline.generate_items` on a `jax.sharding.Mesh`): parameters replicated, each batch split along a
 "data" axis over the devices and padded to a multiple of the device count (padding is never written). Every
 item gets its own wav and a manifest.jsonl line. Then it runs the same batch again: every item is found in the
@@ -56,17 +56,30 @@ PROMPTS = [
 
 def parse_args(argv):
     parser = common.make_parser(__doc__, "sharded_batch")
-    parser.add_argument("--prompts", default=None,
-                        help="your own prompts file: plain text or JSONL as `litefocus-jax generate --prompts` reads it "
-                             "(default: write a built-in one of 6 prompts to OUT_DIR/prompts.jsonl)")
-    common.add_generation_args(parser, seconds=SECONDS, steps=STEPS, prompt=False,
-                               seconds_help="length of the items whose prompts line gives none")
-    parser.add_argument("--attention", choices=("dense", "litefocus"), default="litefocus",
-                        help="self-attention (default litefocus)")
-    parser.add_argument("--batch-size", type=common.positive_int, default=None,
-                        help="items per batch, rounded up to a multiple of the device count (default: the device count)")
-    parser.add_argument("--host-devices", type=common.positive_int, default=8,
-                        help="fake CPU devices when the backend is the CPU (default 8; 1 = none)")
+    parser.add_argument(
+        "--prompts",
+        default=None,
+        help="your own prompts file: plain text or JSONL as `litefocus-jax generate --prompts` reads it "
+        "(default: write a built-in one of 6 prompts to OUT_DIR/prompts.jsonl)",
+    )
+    common.add_generation_args(
+        parser, seconds=SECONDS, steps=STEPS, prompt=False, seconds_help="length of the items whose prompts line gives none"
+    )
+    parser.add_argument(
+        "--attention", choices=("dense", "litefocus"), default="litefocus", help="self-attention (default litefocus)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=common.positive_int,
+        default=None,
+        help="items per batch, rounded up to a multiple of the device count (default: the device count)",
+    )
+    parser.add_argument(
+        "--host-devices",
+        type=common.positive_int,
+        default=8,
+        help="fake CPU devices when the backend is the CPU (default 8; 1 = none)",
+    )
     args = parser.parse_args(argv)
     common.fill_defaults(args, seconds=SECONDS, steps=STEPS)
     return args
@@ -93,7 +106,7 @@ def fake_cpu_devices(count: int) -> None:
 def prompts_file(args, out_dir):
     if args.prompts is not None:
         return args.prompts
-    from litefocus_jax.weights import atomic_file
+    from litefocus_jax.utils.io import atomic_file
 
     text = "".join(json.dumps(p if isinstance(p, dict) else {"prompt": p}) + "\n" for p in PROMPTS)
     return atomic_file(out_dir / "prompts.jsonl", lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -103,42 +116,72 @@ def manifest_settings(args, litefocus) -> dict:
     """The run-wide manifest fields, as `litefocus-jax generate` records them (a rerun must match them)."""
     attention = {"type": args.attention}
     if litefocus is not None:
-        attention.update(ratio=litefocus.ratio, seed=litefocus.seed, levels=list(litefocus.levels),
-                         resample=litefocus.resample, duplicates=litefocus.duplicates)
-    return dict(model=args.model or "tiny-random", scheduler="ddim", steps=args.steps, guidance=args.guidance,
-                attention=attention, dtype=args.dtype)
+        attention.update(
+            ratio=litefocus.ratio,
+            seed=litefocus.seed,
+            levels=list(litefocus.levels),
+            resample=litefocus.resample,
+            duplicates=litefocus.duplicates,
+        )
+    return dict(
+        model=args.model or "tiny-random",
+        scheduler="ddim",
+        steps=args.steps,
+        guidance=args.guidance,
+        attention=attention,
+        dtype=args.dtype,
+    )
 
 
 def run_once(pipe, items, out_dir, args, litefocus, mesh, label: str):
     import jax
 
-    from litefocus_jax.batch import run_batch
+    from litefocus_jax.tools.batch import run_batch
 
-    result = run_batch(pipe, items, out_dir, settings=manifest_settings(args, litefocus), num_inference_steps=args.steps,
-                       guidance_scale=args.guidance, litefocus=litefocus, batch_size=args.batch_size or mesh.devices.size,
-                       mesh=mesh, process_index=jax.process_index(), process_count=jax.process_count(), progress=False)
-    print(f"{label}: written {len(result.written)}, skipped (already done) {len(result.skipped)}, "
-          f"failed {len(result.failed)}; compile {result.compile_seconds:.1f} s, generation {result.run_seconds:.1f} s")
+    result = run_batch(
+        pipe,
+        items,
+        out_dir,
+        settings=manifest_settings(args, litefocus),
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        litefocus=litefocus,
+        batch_size=args.batch_size or mesh.devices.size,
+        mesh=mesh,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        progress=False,
+    )
+    print(
+        f"{label}: written {len(result.written)}, skipped (already done) {len(result.skipped)}, "
+        f"failed {len(result.failed)}; compile {result.compile_seconds:.1f} s, generation {result.run_seconds:.1f} s"
+    )
     for failure in result.failed:
         print(f"  failed {failure}", file=sys.stderr)
     return result
 
 
 def print_manifest(out_dir) -> None:
-    from litefocus_jax.batch import read_manifests
+    from litefocus_jax.tools.batch import read_manifests
 
     records = read_manifests(out_dir)
     print(f"\nmanifest ({len(records)} item(s) in {out_dir}/manifest*.jsonl):")
     for index, rec in sorted(records.items()):
-        print(f"  {index}: seed {rec['seed']:>10d}, {rec['seconds']:g} s, {rec['samples']} samples -> {rec['file']}"
-              f"  ({rec['prompt']!r})")
+        print(
+            f"  {index}: seed {rec['seed']:>10d}, {rec['seconds']:g} s, {rec['samples']} samples -> {rec['file']}"
+            f"  ({rec['prompt']!r})"
+        )
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     fake_cpu_devices(args.host_devices)
-    from litefocus_jax.batch import local_mesh, maybe_initialize_distributed, parse_prompts
-    from litefocus_jax.litefocus import LiteFocusConfig
+    from litefocus_jax.litefocus.plan import LiteFocusConfig
+    from litefocus_jax.tools.batch import (
+        local_mesh,
+        maybe_initialize_distributed,
+        parse_prompts,
+    )
 
     out_dir = common.prepare_out_dir(args.out_dir)
     source = prompts_file(args, out_dir)
@@ -156,8 +199,10 @@ def main(argv=None) -> int:
     mesh = local_mesh()
     import jax
 
-    print(f"{len(items)} item(s) from {source}; mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.default_backend()} "
-          f"device(s); process {jax.process_index()} of {jax.process_count()}; attention {args.attention}")
+    print(
+        f"{len(items)} item(s) from {source}; mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.default_backend()} "
+        f"device(s); process {jax.process_index()} of {jax.process_count()}; attention {args.attention}"
+    )
     first = run_once(pipe, items, out_dir, args, litefocus, mesh, "first call ")
     second = run_once(pipe, items, out_dir, args, litefocus, mesh, "second call")
     print(f"resumable: the second call skipped {len(second.skipped)} finished item(s) and generated {len(second.written)}")

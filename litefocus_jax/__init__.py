@@ -1,12 +1,34 @@
-"""litefocus-jax: AudioLDM2 long-audio generation in JAX/Flax NNX with LiteFocus dual sparse attention."""
+"""litefocus-jax: AudioLDM2 long-audio generation in JAX/Flax NNX with LiteFocus dual sparse attention.
 
-from litefocus_jax.litefocus import LiteFocusConfig, LiteFocusPlan, indices_for_step, make_comp_indices, make_plan
-from litefocus_jax.loading import init_unet, load_unet
-from litefocus_jax.pipeline_audioldm2 import AudioLDM2Pipeline, AudioLDM2PipelineOutput, save_wav
-from litefocus_jax.models.unet_audioldm2 import AudioLDM2UNet2DConditionModel, UNetConfig
+Layers, each importing only from those below it (ARCHITECTURE.md):
+  utils -> kernels -> litefocus, weights, features -> models, schedulers -> pipelines -> tools, research -> commands
+"""
+
+from litefocus_jax import _legacy
+from litefocus_jax.litefocus import (
+    LiteFocusConfig,
+    LiteFocusPlan,
+    indices_for_step,
+    make_comp_indices,
+    make_plan,
+)
+from litefocus_jax.models.modeling_clap_model import load_clap
+from litefocus_jax.models.unet_audioldm2 import (
+    AudioLDM2UNet2DConditionModel,
+    UNetConfig,
+    init_unet,
+    load_unet,
+)
+from litefocus_jax.pipelines.audioldm2.pipeline_audioldm2 import (
+    AudioLDM2Pipeline,
+    AudioLDM2PipelineOutput,
+)
+from litefocus_jax.utils.io import save_wav
 from litefocus_jax.weights import ConversionError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
+
+_legacy.install()
 
 __all__ = [
     "AudioLDM2Pipeline",
@@ -17,6 +39,7 @@ __all__ = [
     "LiteFocusPlan",
     "UNetConfig",
     "init_unet",
+    "load_clap",
     "load_unet",
     "indices_for_step",
     "make_comp_indices",

@@ -13,10 +13,9 @@ import jax
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import diffusers  # noqa: E402,F401
 import pytest  # noqa: E402
 import torch  # noqa: E402,F401  (fail loudly at collection if the reference is missing)
-import diffusers  # noqa: E402,F401
-
 from tiny_models import TINY_UNET_CONFIGS, save_tiny_unet  # noqa: E402
 
 

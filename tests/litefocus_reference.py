@@ -2,7 +2,7 @@
 
 - `masked_dense_reference`: numpy float64, explicit N x N scores with per-key multiplicities.
 - `released_litefocus_torch`, `ReleasedLiteFocusAttnProcessor`: the torch transcription of the released
-  algorithm and its diffusers processor, re-exported from `litefocus_jax.torch_reference` (where the
+  algorithm and its diffusers processor, re-exported from `litefocus_jax.tools.torch_reference` (where the
   benchmark's PyTorch peers use them too).
 """
 
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from litefocus_jax.torch_reference import ReleasedLiteFocusAttnProcessor, released_litefocus_torch
+from litefocus_jax.tools.torch_reference import (
+    ReleasedLiteFocusAttnProcessor,
+    released_litefocus_torch,
+)
 
 __all__ = ["ReleasedLiteFocusAttnProcessor", "masked_dense_reference", "released_litefocus_torch"]
 

@@ -23,19 +23,26 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
-OWN = ("attention_analysis.py", "custom_litefocus.py", "finetune.py", "long_audio.py", "sharded_batch.py")
+OWN = ("attention_analysis.py", "custom_litefocus.py", "finetune.py", "long_audio.py", "rerank.py", "sharded_batch.py")
 TIMEOUT_S = 900  # a hung example fails instead of stalling the suite
 JOBS = 2
 
 
 def run_example(name: str, *args, cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFOCUS_JAX_CACHE=str(cache),
-               JAX_COMPILATION_CACHE_DIR=str(cache))
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", LITEFOCUS_JAX_CACHE=str(cache), JAX_COMPILATION_CACHE_DIR=str(cache)
+    )
     # the examples import litefocus_jax; this works whether or not `pip install -e .` was run
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     proc.seconds = time.perf_counter() - start
     return proc
 
@@ -50,8 +57,11 @@ def example_runs(request, tmp_path_factory, xla_cache):
     """{name: (out dir, future of its run)} for every selected test_example_runs case, all submitted at once.
     custom_litefocus (the slowest) goes first and long_audio last, which then loads the dense and LiteFocus
     programs custom_litefocus compiled."""
-    names = [item.callspec.params["name"] for item in request.session.items
-             if item.path == Path(__file__) and item.originalname == "test_example_runs"]
+    names = [
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.path == Path(__file__) and item.originalname == "test_example_runs"
+    ]
     pool = ThreadPoolExecutor(max_workers=JOBS)
     runs = {}
     for name in sorted(names, key=lambda n: (n != "custom_litefocus.py", n == "long_audio.py")):
@@ -130,9 +140,27 @@ def check_attention_analysis(out: Path, stdout: str) -> None:
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
-CHECKS = {"long_audio.py": check_long_audio, "custom_litefocus.py": check_custom_litefocus,
-          "sharded_batch.py": check_sharded_batch, "finetune.py": check_finetune,
-          "attention_analysis.py": check_attention_analysis}
+def check_rerank(out: Path, stdout: str) -> None:
+    report = json.loads((out / "ranking.json").read_text())
+    assert report["tiny_random_weights"] is True and report["candidates"] == 3 and len(report["prompts"]) == 2
+    for p, row in enumerate(report["prompts"]):
+        scores, order = row["scores"], row["order"]
+        assert sorted(order) == [0, 1, 2] and [scores[c] for c in order] == sorted(scores, reverse=True)
+        assert row["best"] == order[0] and row["best_score"] == pytest.approx(scores[order[0]], abs=1e-6)
+        wavs = {c: read_wav(out / f"p{p}_c{c}.wav", 16000) for c in range(3)}
+        np.testing.assert_array_equal(read_wav(out / row["best_wav"], 16000), wavs[row["best"]])
+        assert not np.array_equal(wavs[0], wavs[1])  # candidates differ in their noise
+    assert stdout.count("-> kept c") == 2 and "RANDOM weights" in stdout
+
+
+CHECKS = {
+    "long_audio.py": check_long_audio,
+    "custom_litefocus.py": check_custom_litefocus,
+    "sharded_batch.py": check_sharded_batch,
+    "finetune.py": check_finetune,
+    "attention_analysis.py": check_attention_analysis,
+    "rerank.py": check_rerank,
+}
 
 
 def test_own_examples_are_found(example_runs):

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from litefocus_jax.attention import dot_product_attention, litefocus_attention
-from litefocus_jax.litefocus import LevelPlan, LiteFocusConfig
+from litefocus_jax.kernels.attention import dot_product_attention, litefocus_attention
+from litefocus_jax.litefocus.plan import LevelPlan, LiteFocusConfig
 from litefocus_jax.models.layers import linear
 
 
@@ -74,7 +74,14 @@ class Attention(nnx.Module):
     """
 
     def __init__(
-        self, query_dim: int, heads: int, dim_head: int, cross_attention_dim: int | None = None, *, dtype, rngs,
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        cross_attention_dim: int | None = None,
+        *,
+        dtype,
+        rngs,
         implementation: str | None = None,
     ):
         inner = heads * dim_head

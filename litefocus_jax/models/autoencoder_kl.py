@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from litefocus_jax.kernels.attention import dot_product_attention
 from litefocus_jax.models.layers import conv2d, functional, group_norm, linear
 from litefocus_jax.models.resnet import Downsample2D, Upsample2D
-from litefocus_jax.weights import (
+from litefocus_jax.weights.state import (
     Path_,
     abstract_params,
     map_converted_state,
@@ -40,9 +41,10 @@ GN_EPS = 1e-6
 DOWNSAMPLE_PADDING = 0
 # DiagonalGaussianDistribution clamps logvar to this range before anything else reads it.
 LOGVAR_RANGE = (-30.0, 20.0)
-# Default query-chunk length of the mid-block attention: it is single-head over all T*F latent tokens
-# (32 000 at 80 s), so a dense score matrix would be 4 GB; chunks of 4096 queries cap it at ~0.5 GB.
-ATTENTION_CHUNK = 4096
+# The mid-block attention is single-head over all T*F latent tokens (32 000 at 80 s): a one-shot score matrix
+# would be 4 GB. It goes through the kernels' entry point, which never forms it; ATTENTION_CHUNK = None lets the
+# block-wise path size its query blocks from its memory budget.
+ATTENTION_CHUNK = None
 
 _FIXED = {"act_fn": ("silu", "swish")}
 # Read by the pipeline or by diffusers' tiling/upcasting, never by the network: force_upcast is ignored by
@@ -97,7 +99,9 @@ class VAEConfig:
                 if t != want:
                     raise ValueError(f"VAE config: {key}[{i}] = {t!r} is not supported; AudioLDM2's VAE uses {want!r} only.")
             if len(types) != len(channels):
-                raise ValueError(f"VAE config: {key} has {len(types)} entries but block_out_channels {channels} has {len(channels)}.")
+                raise ValueError(
+                    f"VAE config: {key} has {len(types)} entries but block_out_channels {channels} has {len(channels)}."
+                )
         cfg = cls(
             in_channels=int(config.get("in_channels", cls.in_channels)),
             out_channels=int(config.get("out_channels", cls.out_channels)),
@@ -118,7 +122,9 @@ class VAEConfig:
             raise ValueError("VAE config: block_out_channels must be non-empty.")
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
-                raise ValueError(f"VAE config: block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}.")
+                raise ValueError(
+                    f"VAE config: block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}."
+                )
         if self.layers_per_block < 1:
             raise ValueError(f"VAE config: layers_per_block must be >= 1, got {self.layers_per_block}.")
 
@@ -136,9 +142,7 @@ class VAEResnetBlock2D(nnx.Module):
         self.conv1 = conv2d(in_channels, out_channels, 3, dtype=dtype, rngs=rngs)
         self.norm2 = group_norm(out_channels, groups, GN_EPS, dtype=dtype, rngs=rngs)
         self.conv2 = conv2d(out_channels, out_channels, 3, dtype=dtype, rngs=rngs)
-        self.conv_shortcut = (
-            conv2d(in_channels, out_channels, 1, dtype=dtype, rngs=rngs) if in_channels != out_channels else None
-        )
+        self.conv_shortcut = conv2d(in_channels, out_channels, 1, dtype=dtype, rngs=rngs) if in_channels != out_channels else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x (B, T, F, C_in) -> (B, T, F, C_out)."""
@@ -148,21 +152,6 @@ class VAEResnetBlock2D(nnx.Module):
         return shortcut + h
 
 
-def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int | None) -> jax.Array:
-    """Exact softmax attention of (B, N, H, D) tensors, `chunk` queries at a time (None = all at once).
-
-    Each query row's softmax is independent, so chunking changes memory (B*H*chunk*N scores), not results.
-    """
-    n = q.shape[1]
-    if chunk is None or n <= chunk:
-        return jax.nn.dot_product_attention(q, k, v)
-    pad = -n % chunk
-    qc = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    qc = qc.reshape(q.shape[0], -1, chunk, *q.shape[2:]).swapaxes(0, 1)  # (chunks, B, chunk, H, D)
-    out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v), qc)
-    return out.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :n]
-
-
 class VAEAttention(nnx.Module):
     """diffusers `Attention(_from_deprecated_attn_block=True)` of the mid block: GN -> single-head self-attention
     over all T*F positions (token t*F + f, as torch's (C, H*W) flattening) -> to_out.0 -> + residual.
@@ -170,8 +159,9 @@ class VAEAttention(nnx.Module):
     `rescale_output_factor` is 1 (the Encoder/Decoder pass output_scale_factor=1), so no division.
     """
 
-    def __init__(self, channels: int, *, groups: int, chunk: int | None, dtype, rngs):
+    def __init__(self, channels: int, *, groups: int, chunk: int | None, implementation=None, dtype, rngs):
         self.chunk = chunk
+        self.implementation = implementation
         self.group_norm = group_norm(channels, groups, GN_EPS, dtype=dtype, rngs=rngs)
         self.to_q = linear(channels, channels, dtype=dtype, rngs=rngs)
         self.to_k = linear(channels, channels, dtype=dtype, rngs=rngs)
@@ -182,16 +172,19 @@ class VAEAttention(nnx.Module):
         """x (B, T, F, C) -> (B, T, F, C)."""
         b, t, f, c = x.shape
         h = self.group_norm(x).reshape(b, t * f, 1, c)  # one head of width C: scale C**-0.5
-        out = chunked_attention(self.to_q(h), self.to_k(h), self.to_v(h), self.chunk)
+        out = dot_product_attention(
+            self.to_q(h), self.to_k(h), self.to_v(h), implementation=self.implementation, query_chunk=self.chunk
+        )
         return x + self.to_out[0](out.reshape(b, t, f, c))
 
 
 class UNetMidBlock2D(nnx.Module):
     """resnets[0] -> attentions[0] -> resnets[1] (no time embedding)."""
 
-    def __init__(self, channels: int, *, groups: int, add_attention: bool, chunk: int | None, dtype, rngs):
+    def __init__(self, channels: int, *, groups: int, add_attention: bool, chunk: int | None, implementation=None, dtype, rngs):
         kw = dict(groups=groups, dtype=dtype, rngs=rngs)
-        self.attentions = nnx.List([VAEAttention(channels, chunk=chunk, **kw)] if add_attention else [])
+        attn = VAEAttention(channels, chunk=chunk, implementation=implementation, **kw)
+        self.attentions = nnx.List([attn] if add_attention else [])
         self.resnets = nnx.List([VAEResnetBlock2D(channels, channels, **kw) for _ in range(2)])
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -203,10 +196,12 @@ class UNetMidBlock2D(nnx.Module):
 
 class DownEncoderBlock2D(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, *, add_downsample: bool, groups: int, dtype, rngs):
-        self.resnets = nnx.List([
-            VAEResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups=groups, dtype=dtype, rngs=rngs)
-            for i in range(num_layers)
-        ])
+        self.resnets = nnx.List(
+            [
+                VAEResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups=groups, dtype=dtype, rngs=rngs)
+                for i in range(num_layers)
+            ]
+        )
         self.downsamplers = (
             nnx.List([Downsample2D(out_channels, padding=DOWNSAMPLE_PADDING, dtype=dtype, rngs=rngs)]) if add_downsample else None
         )
@@ -221,10 +216,12 @@ class DownEncoderBlock2D(nnx.Module):
 
 class UpDecoderBlock2D(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, *, add_upsample: bool, groups: int, dtype, rngs):
-        self.resnets = nnx.List([
-            VAEResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups=groups, dtype=dtype, rngs=rngs)
-            for i in range(num_layers)
-        ])
+        self.resnets = nnx.List(
+            [
+                VAEResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups=groups, dtype=dtype, rngs=rngs)
+                for i in range(num_layers)
+            ]
+        )
         self.upsamplers = nnx.List([Upsample2D(out_channels, dtype=dtype, rngs=rngs)]) if add_upsample else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -238,15 +235,19 @@ class UpDecoderBlock2D(nnx.Module):
 class Encoder(nnx.Module):
     """conv_in -> down blocks (stride-2 with asymmetric pad) -> mid block -> GN -> SiLU -> conv_out (2*latent)."""
 
-    def __init__(self, cfg: VAEConfig, *, chunk: int | None, dtype, rngs):
+    def __init__(self, cfg: VAEConfig, *, chunk: int | None, implementation=None, dtype, rngs):
         c, g = cfg.block_out_channels, cfg.norm_num_groups
         kw = dict(dtype=dtype, rngs=rngs)
         self.conv_in = conv2d(cfg.in_channels, c[0], 3, **kw)
-        self.down_blocks = nnx.List([
-            DownEncoderBlock2D(c[max(i - 1, 0)], c[i], cfg.layers_per_block, add_downsample=i < len(c) - 1, groups=g, **kw)
-            for i in range(len(c))
-        ])
-        self.mid_block = UNetMidBlock2D(c[-1], groups=g, add_attention=cfg.mid_block_add_attention, chunk=chunk, **kw)
+        self.down_blocks = nnx.List(
+            [
+                DownEncoderBlock2D(c[max(i - 1, 0)], c[i], cfg.layers_per_block, add_downsample=i < len(c) - 1, groups=g, **kw)
+                for i in range(len(c))
+            ]
+        )
+        self.mid_block = UNetMidBlock2D(
+            c[-1], groups=g, add_attention=cfg.mid_block_add_attention, chunk=chunk, implementation=implementation, **kw
+        )
         self.conv_norm_out = group_norm(c[-1], g, GN_EPS, **kw)
         self.conv_out = conv2d(c[-1], 2 * cfg.latent_channels, 3, **kw)
 
@@ -261,16 +262,20 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """conv_in -> mid block -> up blocks (nearest x2 + conv) -> GN -> SiLU -> conv_out."""
 
-    def __init__(self, cfg: VAEConfig, *, chunk: int | None, dtype, rngs):
+    def __init__(self, cfg: VAEConfig, *, chunk: int | None, implementation=None, dtype, rngs):
         c, g = cfg.block_out_channels, cfg.norm_num_groups
         rc = tuple(reversed(c))
         kw = dict(dtype=dtype, rngs=rngs)
         self.conv_in = conv2d(cfg.latent_channels, c[-1], 3, **kw)
-        self.mid_block = UNetMidBlock2D(c[-1], groups=g, add_attention=cfg.mid_block_add_attention, chunk=chunk, **kw)
-        self.up_blocks = nnx.List([
-            UpDecoderBlock2D(rc[max(i - 1, 0)], rc[i], cfg.layers_per_block + 1, add_upsample=i < len(c) - 1, groups=g, **kw)
-            for i in range(len(c))
-        ])
+        self.mid_block = UNetMidBlock2D(
+            c[-1], groups=g, add_attention=cfg.mid_block_add_attention, chunk=chunk, implementation=implementation, **kw
+        )
+        self.up_blocks = nnx.List(
+            [
+                UpDecoderBlock2D(rc[max(i - 1, 0)], rc[i], cfg.layers_per_block + 1, add_upsample=i < len(c) - 1, groups=g, **kw)
+                for i in range(len(c))
+            ]
+        )
         self.conv_norm_out = group_norm(c[0], g, GN_EPS, **kw)
         self.conv_out = conv2d(c[0], cfg.out_channels, 3, **kw)
 
@@ -303,13 +308,19 @@ class AutoencoderKL(nnx.Module):
     """The KL autoencoder. `decode(z)` for text-to-audio; `encode(mel)` (needs the encoder) for audio-to-latent."""
 
     def __init__(
-        self, config: VAEConfig, *, dtype=jnp.float32, with_encoder: bool = True,
-        attention_chunk: int | None = ATTENTION_CHUNK, rngs: nnx.Rngs,
+        self,
+        config: VAEConfig,
+        *,
+        dtype=jnp.float32,
+        with_encoder: bool = True,
+        attention_chunk: int | None = ATTENTION_CHUNK,
+        attention_implementation: str | None = None,
+        rngs: nnx.Rngs,
     ):
         """`with_encoder=False` builds the decoder side only (text-to-audio needs nothing else)."""
         self.config = config
         self.dtype = dtype
-        kw = dict(chunk=attention_chunk, dtype=dtype, rngs=rngs)
+        kw = dict(chunk=attention_chunk, implementation=attention_implementation, dtype=dtype, rngs=rngs)
         lc = config.latent_channels
         self.encoder = Encoder(config, **kw) if with_encoder else None
         self.quant_conv = conv2d(2 * lc, 2 * lc, 1, dtype=dtype, rngs=rngs) if with_encoder and config.use_quant_conv else None
@@ -325,7 +336,9 @@ class AutoencoderKL(nnx.Module):
     def decode(self, z: jax.Array) -> jax.Array:
         """Latents (B, T, F, latent_channels), already divided by `config.scaling_factor` -> mel
         (B, s*T, s*F, out_channels) in the module dtype, s = `config.scale_factor` (4)."""
-        z = self._check(z, self.config.latent_channels, "decode", "transpose a torch (B, C, T, F) latent with .transpose(0, 2, 3, 1).")
+        z = self._check(
+            z, self.config.latent_channels, "decode", "transpose a torch (B, C, T, F) latent with .transpose(0, 2, 3, 1)."
+        )
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)
@@ -338,7 +351,9 @@ class AutoencoderKL(nnx.Module):
         """
         if self.encoder is None:
             raise ValueError("VAE.encode: this VAE was built without its encoder; load it with with_encoder=True.")
-        x = self._check(x, self.config.in_channels, "encode", "a torch (B, 1, T, F) mel becomes (B, T, F, 1) via .transpose(0, 2, 3, 1).")
+        x = self._check(
+            x, self.config.in_channels, "encode", "a torch (B, 1, T, F) mel becomes (B, T, F, 1) via .transpose(0, 2, 3, 1)."
+        )
         h = self.encoder(x)
         if self.quant_conv is not None:
             h = self.quant_conv(h)
@@ -379,15 +394,32 @@ def _attn_linear(w: np.ndarray) -> np.ndarray:
     return (w[:, :, 0, 0] if w.ndim == 4 else w).T
 
 
-VAE_LAYOUTS = {r"(?:en|de)coder\.mid_block\.attentions\.\d+\.(?:to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.weight": _attn_linear}
+VAE_LAYOUTS = {
+    r"(?:en|de)coder\.mid_block\.attentions\.\d+\.(?:to_q|to_k|to_v|to_out\.0|query|key|value|proj_attn)\.weight": _attn_linear
+}
 
 
 def _rules(with_encoder: bool) -> dict:
     return dict(rename=VAE_RENAME, ignore=VAE_IGNORE + (() if with_encoder else VAE_ENCODER_KEYS), layouts=VAE_LAYOUTS)
 
 
-def _builder(cfg: VAEConfig, dtype, *, with_encoder: bool = True, attention_chunk=ATTENTION_CHUNK, seed: int = 0):
-    return lambda: AutoencoderKL(cfg, dtype=dtype, with_encoder=with_encoder, attention_chunk=attention_chunk, rngs=nnx.Rngs(seed))
+def _builder(
+    cfg: VAEConfig,
+    dtype,
+    *,
+    with_encoder: bool = True,
+    attention_chunk=ATTENTION_CHUNK,
+    attention_implementation=None,
+    seed: int = 0,
+):
+    return lambda: AutoencoderKL(
+        cfg,
+        dtype=dtype,
+        with_encoder=with_encoder,
+        attention_chunk=attention_chunk,
+        attention_implementation=attention_implementation,
+        rngs=nnx.Rngs(seed),
+    )
 
 
 def _drop_encoder(source: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -410,7 +442,12 @@ def convert_vae_state(
 
 
 def load_vae(
-    path: str | os.PathLike, *, dtype=jnp.float32, with_encoder: bool = True, attention_chunk: int | None = ATTENTION_CHUNK
+    path: str | os.PathLike,
+    *,
+    dtype=jnp.float32,
+    with_encoder: bool = True,
+    attention_chunk: int | None = ATTENTION_CHUNK,
+    attention_implementation: str | None = None,
 ) -> AutoencoderKL:
     """Load the AudioLDM2 VAE.
 
@@ -419,17 +456,21 @@ def load_vae(
         one, or the converted form.
       dtype: parameter and compute dtype (jnp.float32 or jnp.bfloat16).
       with_encoder: False loads the decoder side only (the encoder's tensors are skipped on purpose).
-      attention_chunk: queries per chunk in the mid-block attention (None = dense; memory ~ B*chunk*T*F*4 bytes).
+      attention_chunk: queries per block when the mid-block attention runs block-wise (None: from the kernel's
+        memory budget); see `litefocus_jax.kernels.attention.dot_product_attention`.
+      attention_implementation: the mid-block attention's kernel (None: the platform's choice).
 
     Returns:
       The module: `vae.decode(latents / vae.config.scaling_factor)` -> mel (B, 4T, 4F, 1);
       `vae.encode(mel)` -> DiagonalGaussian(mean, logvar).
     """
-    from litefocus_jax.loading import load_module, resolve_component
+    from litefocus_jax.weights.loading import load_module, resolve_component
 
     folder = resolve_component(path, "vae")
     cfg = VAEConfig.from_diffusers(read_config(folder))
-    build = _builder(cfg, dtype, with_encoder=with_encoder, attention_chunk=attention_chunk)
+    build = _builder(
+        cfg, dtype, with_encoder=with_encoder, attention_chunk=attention_chunk, attention_implementation=attention_implementation
+    )
 
     def prepare(source, converted):
         return _drop_encoder(source) if converted and not with_encoder else source
@@ -438,8 +479,21 @@ def load_vae(
 
 
 def init_vae(
-    config: Mapping, *, seed: int = 0, dtype=jnp.float32, with_encoder: bool = True, attention_chunk: int | None = ATTENTION_CHUNK
+    config: Mapping,
+    *,
+    seed: int = 0,
+    dtype=jnp.float32,
+    with_encoder: bool = True,
+    attention_chunk: int | None = ATTENTION_CHUNK,
+    attention_implementation: str | None = None,
 ) -> AutoencoderKL:
     """The same module with random weights, from a diffusers VAE config dict (benchmarks, tests)."""
     cfg = VAEConfig.from_diffusers(config)
-    return _builder(cfg, dtype, with_encoder=with_encoder, attention_chunk=attention_chunk, seed=seed)()
+    return _builder(
+        cfg,
+        dtype,
+        with_encoder=with_encoder,
+        attention_chunk=attention_chunk,
+        attention_implementation=attention_implementation,
+        seed=seed,
+    )()

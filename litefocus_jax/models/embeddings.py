@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from litefocus_jax.models.layers import linear
+
 
 def timestep_embedding(
     timesteps: jax.Array, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0, max_period: float = 10000.0
@@ -28,8 +30,10 @@ class TimestepEmbedding(nnx.Module):
     """linear_1 -> SiLU -> linear_2."""
 
     def __init__(self, in_dim: int, embed_dim: int, *, dtype, rngs: nnx.Rngs):
-        self.linear_1 = nnx.Linear(in_dim, embed_dim, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.linear_2 = nnx.Linear(embed_dim, embed_dim, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        # the library's `linear`: host-drawn initial weights, equal in every dtype (flax's default initialiser
+        # draws different numbers for bf16 and fp32, so random-weight models differed by dtype)
+        self.linear_1 = linear(in_dim, embed_dim, dtype=dtype, rngs=rngs)
+        self.linear_2 = linear(embed_dim, embed_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear_2(jax.nn.silu(self.linear_1(x)))

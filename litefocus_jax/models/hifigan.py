@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from litefocus_jax.models.layers import functional, kernel_init, ones_init, zeros_init
-from litefocus_jax.weights import (
+from litefocus_jax.weights.state import (
     Path_,
     abstract_params,
     map_converted_state,
@@ -91,7 +91,9 @@ class HifiGanConfig:
                 normalize_before=bool(get("normalize_before")),
             )
         except (TypeError, ValueError) as e:
-            raise ValueError(f"vocoder config: a value has the wrong type ({e}); compare with transformers' SpeechT5HifiGanConfig.") from e
+            raise ValueError(
+                f"vocoder config: a value has the wrong type ({e}); compare with transformers' SpeechT5HifiGanConfig."
+            ) from e
         cfg._check()
         return cfg
 
@@ -138,12 +140,22 @@ def conv1d(in_channels: int, out_channels: int, kernel: int, *, dilation: int = 
     """torch.nn.Conv1d(in, out, kernel, dilation=d, padding=(kernel*d - d)//2) on NWC input (length kept for odd k)."""
     pad = (kernel * dilation - dilation) // 2
     return nnx.Conv(
-        in_channels, out_channels, (kernel,), padding=((pad, pad),), kernel_dilation=(dilation,),
-        dtype=dtype, param_dtype=dtype, rngs=rngs, kernel_init=kernel_init, bias_init=zeros_init,
+        in_channels,
+        out_channels,
+        (kernel,),
+        padding=((pad, pad),),
+        kernel_dilation=(dilation,),
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+        kernel_init=kernel_init,
+        bias_init=zeros_init,
     )
 
 
-def conv_transpose1d(in_channels: int, out_channels: int, kernel: int, stride: int, *, dtype, rngs: nnx.Rngs) -> nnx.ConvTranspose:
+def conv_transpose1d(
+    in_channels: int, out_channels: int, kernel: int, stride: int, *, dtype, rngs: nnx.Rngs
+) -> nnx.ConvTranspose:
     """torch.nn.ConvTranspose1d(in, out, kernel, stride, padding=(kernel - stride)//2) on NWC input.
 
     The kernel is stored (k, C_in, C_out) *flipped* along k (see `convtranspose1d_layout`); with explicit padding
@@ -152,8 +164,16 @@ def conv_transpose1d(in_channels: int, out_channels: int, kernel: int, stride: i
     """
     p = (kernel - stride) // 2
     return nnx.ConvTranspose(
-        in_channels, out_channels, (kernel,), (stride,), padding=((kernel - 1 - p, kernel - 1 - p),),
-        dtype=dtype, param_dtype=dtype, rngs=rngs, kernel_init=kernel_init, bias_init=zeros_init,
+        in_channels,
+        out_channels,
+        (kernel,),
+        (stride,),
+        padding=((kernel - 1 - p, kernel - 1 - p),),
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+        kernel_init=kernel_init,
+        bias_init=zeros_init,
     )
 
 
@@ -186,15 +206,19 @@ class SpeechT5HifiGan(nnx.Module):
         self.dtype = dtype
         c0 = config.upsample_initial_channel
         self.conv_pre = conv1d(config.model_in_dim, c0, 7, dtype=dtype, rngs=rngs)
-        self.upsampler = nnx.List([
-            conv_transpose1d(c0 // 2**i, c0 // 2 ** (i + 1), k, u, dtype=dtype, rngs=rngs)
-            for i, (u, k) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes))
-        ])
-        self.resblocks = nnx.List([
-            HifiGanResidualBlock(c0 // 2 ** (i + 1), k, d, config.leaky_relu_slope, dtype=dtype, rngs=rngs)
-            for i in range(len(config.upsample_rates))
-            for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
-        ])
+        self.upsampler = nnx.List(
+            [
+                conv_transpose1d(c0 // 2**i, c0 // 2 ** (i + 1), k, u, dtype=dtype, rngs=rngs)
+                for i, (u, k) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes))
+            ]
+        )
+        self.resblocks = nnx.List(
+            [
+                HifiGanResidualBlock(c0 // 2 ** (i + 1), k, d, config.leaky_relu_slope, dtype=dtype, rngs=rngs)
+                for i in range(len(config.upsample_rates))
+                for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
+            ]
+        )
         self.conv_post = conv1d(c0 // 2 ** len(config.upsample_rates), 1, 7, dtype=dtype, rngs=rngs)
         if config.normalize_before:
             # Only a model that uses them owns them; otherwise the checkpoint's copies are ignored (VOCODER_IGNORE).
@@ -273,7 +297,7 @@ def fold_weight_norm(source: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         pairs.setdefault(m.group(1), {})[part] = (key, np.asarray(value))
     for prefix, parts in pairs.items():
         if set(parts) != {"g", "v"}:
-            (key, _), = parts.values()
+            ((key, _),) = parts.values()
             raise ValueError(f"{WHAT}: weight-norm tensor {key!r} has no partner (need both g and v of {prefix!r}).")
         if f"{prefix}.weight" in out:
             raise ValueError(f"{WHAT}: {prefix!r} has both a plain weight and weight-norm g/v tensors; keep one form.")
@@ -288,7 +312,9 @@ def _builder(cfg: HifiGanConfig, dtype, seed: int = 0):
     return lambda: SpeechT5HifiGan(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
 
 
-def convert_vocoder_state(source: Mapping[str, np.ndarray], config: Mapping, *, converted: bool = False) -> dict[Path_, np.ndarray]:
+def convert_vocoder_state(
+    source: Mapping[str, np.ndarray], config: Mapping, *, converted: bool = False
+) -> dict[Path_, np.ndarray]:
     """transformers SpeechT5HifiGan state dict (or a converted one) -> flat {NNX path: numpy}, strictly validated.
 
     Weight norm is folded first (`fold_weight_norm`); ConvTranspose1d kernels are flipped into (k, C_in, C_out).
@@ -311,12 +337,17 @@ def load_vocoder(path: str | os.PathLike, *, dtype=jnp.float32) -> SpeechT5HifiG
     Returns:
       The module: `vocoder(mel (B, T, n_mels)) -> (B, config.num_samples(T))` float32.
     """
-    from litefocus_jax.loading import load_module, resolve_component
+    from litefocus_jax.weights.loading import load_module, resolve_component
 
     folder = resolve_component(path, "vocoder")
     cfg = HifiGanConfig.from_hf(read_config(folder))
     return load_module(
-        folder, _builder(cfg, dtype), dtype=dtype, what=WHAT, ignore=vocoder_ignore(cfg), layouts=VOCODER_LAYOUTS,
+        folder,
+        _builder(cfg, dtype),
+        dtype=dtype,
+        what=WHAT,
+        ignore=vocoder_ignore(cfg),
+        layouts=VOCODER_LAYOUTS,
         prepare=lambda source, converted: source if converted else fold_weight_norm(source),
     )
 

@@ -5,52 +5,10 @@ Flax defaults differ from PyTorch (epsilon 1e-6, E[x^2]-E[x]^2 variance); every 
 
 from __future__ import annotations
 
-import contextlib
-import math
-import threading
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-_STATE = threading.local()
+from litefocus_jax.utils.initializers import kernel_init, ones_init, zeros_init
 
-
-@contextlib.contextmanager
-def abstract_init():
-    """Within this block, layers get `jax.ShapeDtypeStruct` parameters: a model's graph and shapes at no cost.
-
-    (`nnx.eval_shape` traces every initialiser and took 20-45 s for the tiny UNet on the 2-core machine.)
-    """
-    previous = getattr(_STATE, "abstract", False)
-    _STATE.abstract = True
-    try:
-        yield
-    finally:
-        _STATE.abstract = previous
-
-
-def _initializer(fill):
-    def init(key, shape, dtype=jnp.float32):
-        if getattr(_STATE, "abstract", False):
-            return jax.ShapeDtypeStruct(tuple(shape), dtype)
-        return fill(key, tuple(shape), dtype)
-
-    return init
-
-
-def _host_normal(key, shape, dtype):
-    # Drawn with numpy on the host: eager jax initialisers compile once per distinct shape (minutes per UNet).
-    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-    fan_in = math.prod(shape[:-1]) or 1
-    values = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) / math.sqrt(fan_in)
-    return jnp.asarray(values, dtype)
-
-
-kernel_init = _initializer(_host_normal)
-zeros_init = _initializer(lambda key, shape, dtype: jnp.zeros(shape, dtype))
-ones_init = _initializer(lambda key, shape, dtype: jnp.ones(shape, dtype))
 _NORM_INIT = dict(scale_init=ones_init, bias_init=zeros_init)
 _DENSE_INIT = dict(kernel_init=kernel_init, bias_init=zeros_init)
 
@@ -58,22 +16,32 @@ _DENSE_INIT = dict(kernel_init=kernel_init, bias_init=zeros_init)
 def group_norm(channels: int, groups: int, eps: float, *, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
     """torch.nn.GroupNorm(groups, channels, eps) on channels-last input (contiguous channel groups)."""
     return nnx.GroupNorm(
-        channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=dtype, rngs=rngs,
+        channels,
+        num_groups=groups,
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
         **_NORM_INIT,
     )
 
 
 def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.LayerNorm:
     return nnx.LayerNorm(
-        features, epsilon=eps, use_fast_variance=False, use_bias=use_bias, dtype=dtype, param_dtype=dtype, rngs=rngs,
+        features,
+        epsilon=eps,
+        use_fast_variance=False,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
         **_NORM_INIT,
     )
 
 
 def linear(in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(
-        in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, rngs=rngs, **_DENSE_INIT
-    )
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=dtype, rngs=rngs, **_DENSE_INIT)
 
 
 def conv2d(

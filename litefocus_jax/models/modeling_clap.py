@@ -1,8 +1,9 @@
 """The CLAP text branch (transformers `ClapModel.get_text_features`) in Flax NNX: AudioLDM2's `text_encoder`.
 
 RoBERTa encoder (post-LN, exact GELU, LayerNorm eps 1e-12) -> pooler tanh(dense(h[:, 0])) ->
-`text_projection` (linear1 -> ReLU -> linear2) -> L2 normalisation. The audio branch (HTSAT, only used by
-the pipeline's optional CLAP re-ranking of waveforms) is not ported.
+`text_projection` (linear1 -> ReLU -> linear2) -> L2 normalisation. The audio branch (HTSAT) is in
+`modeling_clap_audio`, the whole `ClapModel` (both branches, used by the pipeline's CLAP re-ranking) in
+`modeling_clap_model`; this module's `load_clap_text` reads the text branch out of either checkpoint form.
 
 Attribute names mirror transformers' module tree, so a checkpoint key such as
 `text_model.encoder.layer.3.attention.self.query.weight` is the NNX path
@@ -23,18 +24,21 @@ import numpy as np
 from flax import nnx
 
 from litefocus_jax.models.layers import functional, kernel_init, layer_norm, linear
-from litefocus_jax.weights import Path_, read_config
+from litefocus_jax.weights.state import Path_, read_config
 
 COMPONENT = "text_encoder"
 WHAT = "CLAP text encoder"
 
+# Buffers (arange / zeros) recomputed here.
+CLAP_TEXT_BUFFERS: tuple[str, ...] = (r"text_model\.embeddings\.(position_ids|token_type_ids)",)
 # Checkpoint tensors the text path deliberately does not use.
-CLAP_TEXT_IGNORE: tuple[str, ...] = (
+CLAP_TEXT_IGNORE: tuple[str, ...] = CLAP_TEXT_BUFFERS + (
     r"audio_model\..*",  # HTSAT audio tower: only for the pipeline's CLAP re-ranking of generated waveforms
     r"audio_projection\..*",  # its projection head, same reason
     r"logit_scale_[at]",  # contrastive temperatures: only for audio-text similarity logits
-    r"text_model\.embeddings\.(position_ids|token_type_ids)",  # buffers (arange / zeros), recomputed here
 )
+# What a converted whole ClapModel holds beyond the text branch (the audio tower, its head, the temperatures).
+AUDIO_KEYS = ("audio_model.", "audio_projection.", "logit_scale_a", "logit_scale_t")
 
 # transformers ACT2FN names this port implements.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -49,7 +53,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _activation(name: str, key: str) -> str:
+def activation_name(name: str, key: str) -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"CLAP config: {key}={name!r} is not supported; use one of {sorted(ACTIVATIONS)}.")
     return name
@@ -121,14 +125,14 @@ class ClapTextConfig:
             num_hidden_layers=int(get("num_hidden_layers")),
             num_attention_heads=int(get("num_attention_heads")),
             intermediate_size=int(get("intermediate_size")),
-            hidden_act=_activation(get("hidden_act"), "text_config.hidden_act"),
+            hidden_act=activation_name(get("hidden_act"), "text_config.hidden_act"),
             max_position_embeddings=int(get("max_position_embeddings")),
             type_vocab_size=int(get("type_vocab_size")),
             layer_norm_eps=float(get("layer_norm_eps")),
             pad_token_id=int(pad),
             # ClapConfig.__post_init__ overwrites the text config's projection settings with the top-level ones.
             projection_dim=int(config.get("projection_dim", d.projection_dim)),
-            projection_hidden_act=_activation(
+            projection_hidden_act=activation_name(
                 config.get("projection_hidden_act", d.projection_hidden_act), "projection_hidden_act"
             ),
         )
@@ -272,13 +276,22 @@ class ClapTextModel(nnx.Module):
 
 
 class ClapProjectionLayer(nnx.Module):
-    def __init__(self, cfg: ClapTextConfig, *, dtype, rngs: nnx.Rngs):
-        self.act = cfg.projection_hidden_act
-        self.linear1 = linear(cfg.hidden_size, cfg.projection_dim, dtype=dtype, rngs=rngs)
-        self.linear2 = linear(cfg.projection_dim, cfg.projection_dim, dtype=dtype, rngs=rngs)
+    """linear1 (hidden -> projection_dim) -> activation -> linear2: `text_projection` and `audio_projection`."""
+
+    def __init__(self, hidden_size: int, projection_dim: int, act: str, *, dtype, rngs: nnx.Rngs):
+        self.act = act
+        self.linear1 = linear(hidden_size, projection_dim, dtype=dtype, rngs=rngs)
+        self.linear2 = linear(projection_dim, projection_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, h: jax.Array) -> jax.Array:
         return self.linear2(ACTIVATIONS[self.act](self.linear1(h)))
+
+
+def l2_normalize(features: jax.Array) -> jax.Array:
+    """F.normalize(x, dim=-1) in float32: x / max(||x||, 1e-12)."""
+    features = features.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(features), axis=-1, keepdims=True))
+    return features / jnp.maximum(norm, 1e-12)
 
 
 def check_token_ids(input_ids, attention_mask, vocab_size: int, what: str, max_tokens: int | None = None):
@@ -296,9 +309,7 @@ def check_token_ids(input_ids, attention_mask, vocab_size: int, what: str, max_t
     if not isinstance(input_ids, jax.core.Tracer) and input_ids.size:
         ids = np.asarray(input_ids)
         if ids.min() < 0 or ids.max() >= vocab_size:
-            raise ValueError(
-                f"{what}: token ids must lie in [0, {vocab_size}), got [{ids.min()}, {ids.max()}]; wrong tokenizer?"
-            )
+            raise ValueError(f"{what}: token ids must lie in [0, {vocab_size}), got [{ids.min()}, {ids.max()}]; wrong tokenizer?")
 
 
 class ClapTextWithProjection(nnx.Module):
@@ -312,16 +323,15 @@ class ClapTextWithProjection(nnx.Module):
         self.config = cfg
         self.dtype = dtype
         self.text_model = ClapTextModel(cfg, dtype=dtype, rngs=rngs)
-        self.text_projection = ClapProjectionLayer(cfg, dtype=dtype, rngs=rngs)
+        self.text_projection = ClapProjectionLayer(
+            cfg.hidden_size, cfg.projection_dim, cfg.projection_hidden_act, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         input_ids = jnp.asarray(input_ids) if not isinstance(input_ids, jax.core.Tracer) else input_ids
         check_token_ids(input_ids, attention_mask, self.config.vocab_size, WHAT, self.config.max_tokens)
         mask = jnp.ones(input_ids.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
-        features = self.text_projection(self.text_model(input_ids, mask)).astype(jnp.float32)
-        # F.normalize(x, dim=-1): x / max(||x||, 1e-12)
-        norm = jnp.sqrt(jnp.sum(jnp.square(features), axis=-1, keepdims=True))
-        return (features / jnp.maximum(norm, 1e-12)).astype(self.dtype)
+        return l2_normalize(self.text_projection(self.text_model(input_ids, mask))).astype(self.dtype)
 
     def functional(self) -> tuple[Callable[..., jax.Array], dict]:
         """A pure face for `jax.jit`: `(apply, params)` with `apply(params, input_ids, attention_mask)`.
@@ -342,7 +352,7 @@ def convert_clap_text_state(
     source: Mapping[str, np.ndarray], config: Mapping, *, converted: bool = False
 ) -> dict[Path_, np.ndarray]:
     """ClapModel state dict (or a converted one) -> flat {NNX path: numpy}; strict, audio branch ignored."""
-    from litefocus_jax.loading import convert_state
+    from litefocus_jax.weights.loading import convert_state
 
     cfg = ClapTextConfig.from_hf(config)
     return convert_state(source, _builder(cfg, jnp.float32), what=WHAT, converted=converted, ignore=CLAP_TEXT_IGNORE)
@@ -360,11 +370,15 @@ def load_clap_text(path: str | os.PathLike, *, dtype=jnp.float32) -> ClapTextWit
     Returns:
       `ClapTextWithProjection`: `clap(input_ids (B, S), attention_mask (B, S)) -> (B, projection_dim)` unit-norm.
     """
-    from litefocus_jax.loading import load_module, resolve_component
+    from litefocus_jax.weights.loading import load_module, resolve_component
 
     folder = resolve_component(path, COMPONENT)
     cfg = ClapTextConfig.from_hf(read_config(folder))
-    return load_module(folder, _builder(cfg, dtype), dtype=dtype, what=WHAT, ignore=CLAP_TEXT_IGNORE)
+
+    def text_only(source, converted):  # a converted whole ClapModel (this release) also holds the audio branch
+        return {k: v for k, v in source.items() if not k.startswith(AUDIO_KEYS)} if converted else source
+
+    return load_module(folder, _builder(cfg, dtype), dtype=dtype, what=WHAT, prepare=text_only, ignore=CLAP_TEXT_IGNORE)
 
 
 def init_clap_text(config: Mapping, *, seed: int = 0, dtype=jnp.float32) -> ClapTextWithProjection:

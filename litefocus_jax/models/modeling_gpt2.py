@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from litefocus_jax.loading import convert_state, load_module, resolve_component
 from litefocus_jax.models.layers import kernel_init, layer_norm, linear
-from litefocus_jax.weights import Path_, read_config
+from litefocus_jax.weights.loading import convert_state, load_module, resolve_component
+from litefocus_jax.weights.state import Path_, read_config
 
 COMPONENT = "language_model"
 WHAT = "GPT2 language model"
@@ -79,8 +79,12 @@ class GPT2Config:
     max_new_tokens: int = 8
 
     # transformers' attribute_map: either spelling may appear in a config.json
-    _ALIASES = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
-                "max_position_embeddings": "n_positions"}
+    _ALIASES = {
+        "hidden_size": "n_embd",
+        "num_attention_heads": "n_head",
+        "num_hidden_layers": "n_layer",
+        "max_position_embeddings": "n_positions",
+    }
 
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> GPT2Config:
@@ -129,7 +133,8 @@ class GPT2Attention(nnx.Module):
         d = cfg.n_embd
         self.heads, self.head_dim = cfg.n_head, cfg.head_dim
         self.scale = (cfg.head_dim**-0.5 if cfg.scale_attn_weights else 1.0) / (
-            layer_idx + 1 if cfg.scale_attn_by_inverse_layer_idx else 1)
+            layer_idx + 1 if cfg.scale_attn_by_inverse_layer_idx else 1
+        )
         self.c_attn = linear(d, 3 * d, dtype=dtype, rngs=rngs)
         self.c_proj = linear(d, d, dtype=dtype, rngs=rngs)
 

@@ -24,7 +24,7 @@ from flax import nnx
 
 from litefocus_jax.models.layers import functional, linear, ones_init
 from litefocus_jax.models.modeling_clap import ACTIVATIONS, check_token_ids, embed
-from litefocus_jax.weights import ConversionError, Path_, read_config
+from litefocus_jax.weights.state import ConversionError, Path_, read_config
 
 COMPONENT = "text_encoder_2"
 WHAT = "T5 encoder"
@@ -223,10 +223,12 @@ class T5LayerFF(nnx.Module):
 
 class T5Block(nnx.Module):
     def __init__(self, cfg: T5EncoderConfig, has_relative_attention_bias: bool, *, dtype, rngs: nnx.Rngs):
-        self.layer = nnx.List([
-            T5LayerSelfAttention(cfg, has_relative_attention_bias, dtype=dtype, rngs=rngs),
-            T5LayerFF(cfg, dtype=dtype, rngs=rngs),
-        ])
+        self.layer = nnx.List(
+            [
+                T5LayerSelfAttention(cfg, has_relative_attention_bias, dtype=dtype, rngs=rngs),
+                T5LayerFF(cfg, dtype=dtype, rngs=rngs),
+            ]
+        )
 
     def __call__(self, h: jax.Array, bias: jax.Array) -> jax.Array:
         return self.layer[1](self.layer[0](h, bias))
@@ -299,7 +301,7 @@ def untie_embedding(source: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _map(source, targets, converted: bool):
-    from litefocus_jax.weights import map_converted_state, map_torch_state
+    from litefocus_jax.weights.state import map_converted_state, map_torch_state
 
     if converted:
         return map_converted_state(source, targets, WHAT)
@@ -310,7 +312,7 @@ def convert_t5_encoder_state(
     source: Mapping[str, np.ndarray], config: Mapping, *, converted: bool = False
 ) -> dict[Path_, np.ndarray]:
     """T5EncoderModel state dict (or a converted one) -> flat {NNX path: numpy}, strictly validated."""
-    from litefocus_jax.weights import abstract_params
+    from litefocus_jax.weights.state import abstract_params
 
     _, targets = abstract_params(_builder(T5EncoderConfig.from_hf(config), jnp.float32))
     return _map(source, targets, converted)
@@ -327,12 +329,16 @@ def load_t5_encoder(path: str | os.PathLike, *, dtype=jnp.float32) -> T5EncoderM
     Returns:
       `T5EncoderModel`: `t5(input_ids (B, L), attention_mask (B, L)) -> last_hidden_state (B, L, d_model)`.
     """
-    from litefocus_jax.loading import load_module, resolve_component
+    from litefocus_jax.weights.loading import load_module, resolve_component
 
     folder = resolve_component(path, COMPONENT)
     cfg = T5EncoderConfig.from_hf(read_config(folder))
     return load_module(
-        folder, _builder(cfg, dtype), dtype=dtype, what=WHAT, ignore=T5_IGNORE,
+        folder,
+        _builder(cfg, dtype),
+        dtype=dtype,
+        what=WHAT,
+        ignore=T5_IGNORE,
         prepare=lambda source, converted: source if converted else untie_embedding(source),
     )
 

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from litefocus_jax.loading import convert_state, load_module, resolve_component
 from litefocus_jax.models.layers import linear, ones_init, zeros_init
-from litefocus_jax.weights import Path_, read_config
+from litefocus_jax.weights.loading import convert_state, load_module, resolve_component
+from litefocus_jax.weights.state import Path_, read_config
 
 CLASS_NAME = "AudioLDM2ProjectionModel"
 COMPONENT = "projection_model"
@@ -67,8 +67,13 @@ class ProjectionConfig:
         max_len = config.get("max_seq_length")
         if learned and not max_len:
             raise ValueError("projection config: use_learned_position_embedding is set but max_seq_length is missing.")
-        cfg = cls(int(config["text_encoder_dim"]), int(config["text_encoder_1_dim"]), int(config["langauge_model_dim"]),
-                  learned, int(max_len) if learned else None)
+        cfg = cls(
+            int(config["text_encoder_dim"]),
+            int(config["text_encoder_1_dim"]),
+            int(config["langauge_model_dim"]),
+            learned,
+            int(max_len) if learned else None,
+        )
         if min(cfg.text_encoder_dim, cfg.text_encoder_1_dim, cfg.langauge_model_dim) < 1:
             raise ValueError(f"projection config: dimensions must be positive, got {cfg}.")
         return cfg
@@ -90,7 +95,8 @@ class AudioLDM2ProjectionModel(nnx.Module):
         self.eos_embed_1 = nnx.Param(ones_init(rngs.params(), (d,), dtype))
         if config.use_learned_position_embedding:
             self.learnable_positional_embedding = nnx.Param(
-                zeros_init(rngs.params(), (1, config.text_encoder_1_dim, config.max_seq_length), dtype))
+                zeros_init(rngs.params(), (1, config.text_encoder_1_dim, config.max_seq_length), dtype)
+            )
 
     @staticmethod
     def _wrap(states, mask, sos, eos):

@@ -22,9 +22,7 @@ class ResnetBlock2D(nnx.Module):
         self.time_emb_proj = linear(temb_channels, out_channels, dtype=dtype, rngs=rngs)
         self.norm2 = group_norm(out_channels, groups, eps, dtype=dtype, rngs=rngs)
         self.conv2 = conv2d(out_channels, out_channels, 3, dtype=dtype, rngs=rngs)
-        self.conv_shortcut = (
-            conv2d(in_channels, out_channels, 1, dtype=dtype, rngs=rngs) if in_channels != out_channels else None
-        )
+        self.conv_shortcut = conv2d(in_channels, out_channels, 1, dtype=dtype, rngs=rngs) if in_channels != out_channels else None
 
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         """x (B, T, F, C_in), temb (B, temb_channels) -> (B, T, F, C_out)."""

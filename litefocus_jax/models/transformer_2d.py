@@ -25,7 +25,9 @@ class FeedForward(nnx.Module):
     """net = [GEGLU, Dropout (no params), Linear(inner, dim)], as diffusers numbers it."""
 
     def __init__(self, dim: int, *, mult: int = 4, dtype, rngs):
-        self.net = nnx.List([GEGLU(dim, dim * mult, dtype=dtype, rngs=rngs), None, linear(dim * mult, dim, dtype=dtype, rngs=rngs)])
+        self.net = nnx.List(
+            [GEGLU(dim, dim * mult, dtype=dtype, rngs=rngs), None, linear(dim * mult, dim, dtype=dtype, rngs=rngs)]
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.net[2](self.net[0](x))
@@ -61,8 +63,18 @@ class Transformer2DModel(nnx.Module):
     """GroupNorm(eps 1e-6) -> proj_in -> tokens t*F + f -> blocks -> proj_out -> + residual."""
 
     def __init__(
-        self, heads: int, dim_head: int, in_channels: int, *, num_layers: int, cross_attention_dim: int | None,
-        groups: int, use_linear_projection: bool = False, dtype, rngs, implementation=None,
+        self,
+        heads: int,
+        dim_head: int,
+        in_channels: int,
+        *,
+        num_layers: int,
+        cross_attention_dim: int | None,
+        groups: int,
+        use_linear_projection: bool = False,
+        dtype,
+        rngs,
+        implementation=None,
     ):
         inner = heads * dim_head
         self.use_linear_projection = use_linear_projection
@@ -75,7 +87,9 @@ class Transformer2DModel(nnx.Module):
             self.proj_out = conv2d(inner, in_channels, 1, dtype=dtype, rngs=rngs)
         self.transformer_blocks = nnx.List(
             [
-                BasicTransformerBlock(inner, heads, dim_head, cross_attention_dim, dtype=dtype, rngs=rngs, implementation=implementation)
+                BasicTransformerBlock(
+                    inner, heads, dim_head, cross_attention_dim, dtype=dtype, rngs=rngs, implementation=implementation
+                )
                 for _ in range(num_layers)
             ]
         )

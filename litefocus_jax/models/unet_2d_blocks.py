@@ -37,8 +37,15 @@ def _transformers(channels, heads, dims, n_resnets, cfg, dtype, rngs, implementa
     return nnx.List(
         [
             Transformer2DModel(
-                heads, channels // heads, channels, num_layers=cfg.transformer_layers, cross_attention_dim=dim,
-                groups=cfg.groups, use_linear_projection=cfg.use_linear_projection, dtype=dtype, rngs=rngs,
+                heads,
+                channels // heads,
+                channels,
+                num_layers=cfg.transformer_layers,
+                cross_attention_dim=dim,
+                groups=cfg.groups,
+                use_linear_projection=cfg.use_linear_projection,
+                dtype=dtype,
+                rngs=rngs,
                 implementation=implementation,
             )
             for _ in range(n_resnets)
@@ -66,7 +73,10 @@ def _attend_all(attentions, dims, i, h, cond: Conditioning, sparse):
 class DownBlock2D(nnx.Module):
     def __init__(self, c_in, c_out, temb, *, num_layers, add_downsample, downsample_padding, cfg: BlockConfig, dtype, rngs):
         self.resnets = nnx.List(
-            [ResnetBlock2D(c_in if i == 0 else c_out, c_out, temb, groups=cfg.groups, eps=cfg.eps, dtype=dtype, rngs=rngs) for i in range(num_layers)]
+            [
+                ResnetBlock2D(c_in if i == 0 else c_out, c_out, temb, groups=cfg.groups, eps=cfg.eps, dtype=dtype, rngs=rngs)
+                for i in range(num_layers)
+            ]
         )
         self.downsamplers = (
             nnx.List([Downsample2D(c_out, padding=downsample_padding, dtype=dtype, rngs=rngs)]) if add_downsample else None
@@ -85,8 +95,33 @@ class DownBlock2D(nnx.Module):
 
 
 class CrossAttnDownBlock2D(DownBlock2D):
-    def __init__(self, c_in, c_out, temb, *, num_layers, add_downsample, downsample_padding, cfg, heads, cross_attention_dims, dtype, rngs, implementation=None):
-        super().__init__(c_in, c_out, temb, num_layers=num_layers, add_downsample=add_downsample, downsample_padding=downsample_padding, cfg=cfg, dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        c_in,
+        c_out,
+        temb,
+        *,
+        num_layers,
+        add_downsample,
+        downsample_padding,
+        cfg,
+        heads,
+        cross_attention_dims,
+        dtype,
+        rngs,
+        implementation=None,
+    ):
+        super().__init__(
+            c_in,
+            c_out,
+            temb,
+            num_layers=num_layers,
+            add_downsample=add_downsample,
+            downsample_padding=downsample_padding,
+            cfg=cfg,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.cross_attention_dims = tuple(cross_attention_dims)
         self.attentions = _transformers(c_out, heads, self.cross_attention_dims, num_layers, cfg, dtype, rngs, implementation)
 
@@ -122,8 +157,13 @@ class UpBlock2D(nnx.Module):
         self.resnets = nnx.List(
             [
                 ResnetBlock2D(
-                    (c_prev if i == 0 else c_out) + (c_in if i == num_layers - 1 else c_out), c_out, temb,
-                    groups=cfg.groups, eps=cfg.eps, dtype=dtype, rngs=rngs,
+                    (c_prev if i == 0 else c_out) + (c_in if i == num_layers - 1 else c_out),
+                    c_out,
+                    temb,
+                    groups=cfg.groups,
+                    eps=cfg.eps,
+                    dtype=dtype,
+                    rngs=rngs,
                 )
                 for i in range(num_layers)
             ]
@@ -141,8 +181,25 @@ class UpBlock2D(nnx.Module):
 
 
 class CrossAttnUpBlock2D(UpBlock2D):
-    def __init__(self, c_in, c_out, c_prev, temb, *, num_layers, add_upsample, cfg, heads, cross_attention_dims, dtype, rngs, implementation=None):
-        super().__init__(c_in, c_out, c_prev, temb, num_layers=num_layers, add_upsample=add_upsample, cfg=cfg, dtype=dtype, rngs=rngs)
+    def __init__(
+        self,
+        c_in,
+        c_out,
+        c_prev,
+        temb,
+        *,
+        num_layers,
+        add_upsample,
+        cfg,
+        heads,
+        cross_attention_dims,
+        dtype,
+        rngs,
+        implementation=None,
+    ):
+        super().__init__(
+            c_in, c_out, c_prev, temb, num_layers=num_layers, add_upsample=add_upsample, cfg=cfg, dtype=dtype, rngs=rngs
+        )
         self.cross_attention_dims = tuple(cross_attention_dims)
         self.attentions = _transformers(c_out, heads, self.cross_attention_dims, num_layers, cfg, dtype, rngs, implementation)
 

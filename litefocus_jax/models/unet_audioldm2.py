@@ -7,15 +7,22 @@ Channels-last throughout: sample (B, T, F, C) with T = latent time (torch H) and
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from litefocus_jax.litefocus import AUDIOLDM2_LATENT_FRAME_SECONDS, LiteFocusConfig, make_comp_indices, make_plan
+from litefocus_jax.litefocus.plan import (
+    AUDIOLDM2_LATENT_FRAME_SECONDS,
+    LiteFocusConfig,
+    make_comp_indices,
+    make_plan,
+)
 from litefocus_jax.models.attention_processor import LiteFocusCalls
 from litefocus_jax.models.embeddings import TimestepEmbedding, timestep_embedding
 from litefocus_jax.models.layers import conv2d, functional, group_norm
@@ -28,6 +35,8 @@ from litefocus_jax.models.unet_2d_blocks import (
     UNetMidBlock2DCrossAttn,
     UpBlock2D,
 )
+from litefocus_jax.weights.loading import convert_state, load_module, resolve_component
+from litefocus_jax.weights.state import Path_, read_config
 
 CLASS_NAME = "AudioLDM2UNet2DConditionModel"
 DOWN_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -115,8 +124,7 @@ class UNetConfig:
         for key, want in _FIXED.items():
             if key in config and config[key] != want and not (key == "mid_block_scale_factor" and config[key] == 1.0):
                 raise ValueError(f"UNet config: {key}={config[key]!r} is not supported (AudioLDM2 uses {want!r}).")
-        known = set(_FIXED) | _IGNORED | {f.name for f in dataclasses.fields(cls)} | {
-            "attention_head_dim", "cross_attention_dim"}
+        known = set(_FIXED) | _IGNORED | {f.name for f in dataclasses.fields(cls)} | {"attention_head_dim", "cross_attention_dim"}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
         if unknown:
             warnings.warn(f"UNet config: ignoring unknown keys {unknown}.", stacklevel=2)
@@ -172,7 +180,9 @@ class UNetConfig:
                 )
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
-                raise ValueError(f"UNet config: block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}.")
+                raise ValueError(
+                    f"UNet config: block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}."
+                )
 
     @property
     def num_upsamplers(self) -> int:
@@ -189,10 +199,13 @@ class UNetConfig:
         for level in range(n):
             count = 0
             if self.down_block_types[level] == "CrossAttnDownBlock2D":
-                count += self.layers_per_block[level] * per_group(self.cross_attention_dims[level], self.transformer_layers_per_block[level])
+                count += self.layers_per_block[level] * per_group(
+                    self.cross_attention_dims[level], self.transformer_layers_per_block[level]
+                )
             if self.up_block_types[n - 1 - level] == "CrossAttnUpBlock2D":
                 count += (self.layers_per_block[level] + 1) * per_group(
-                    self.cross_attention_dims[level], self.transformer_layers_per_block[level])
+                    self.cross_attention_dims[level], self.transformer_layers_per_block[level]
+                )
             if count:
                 calls[level] = count
         calls["mid"] = per_group(self.cross_attention_dims[-1], self.transformer_layers_per_block[-1])
@@ -222,8 +235,13 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
     """The AudioLDM2 eps-prediction UNet. Build with `init_unet`/`load_unet`, or directly from a `UNetConfig`."""
 
     def __init__(
-        self, config: UNetConfig, *, dtype=jnp.float32, litefocus: LiteFocusConfig | None = None,
-        rngs: nnx.Rngs, attention_implementation: str | None = None,
+        self,
+        config: UNetConfig,
+        *,
+        dtype=jnp.float32,
+        litefocus: LiteFocusConfig | None = None,
+        rngs: nnx.Rngs,
+        attention_implementation: str | None = None,
     ):
         self.config = config
         self.dtype = dtype
@@ -237,25 +255,42 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
         self.time_embedding = TimestepEmbedding(c[0], temb, **kw)
 
         def bcfg(level):
-            return BlockConfig(config.norm_num_groups, config.norm_eps, config.transformer_layers_per_block[level], config.use_linear_projection)
+            return BlockConfig(
+                config.norm_num_groups, config.norm_eps, config.transformer_layers_per_block[level], config.use_linear_projection
+            )
 
         down = []
         for i, kind in enumerate(config.down_block_types):
             args = (c[max(i - 1, 0)], c[i], temb)
-            common = dict(num_layers=config.layers_per_block[i], add_downsample=i < n - 1, downsample_padding=config.downsample_padding, cfg=bcfg(i))
+            common = dict(
+                num_layers=config.layers_per_block[i],
+                add_downsample=i < n - 1,
+                downsample_padding=config.downsample_padding,
+                cfg=bcfg(i),
+            )
             if kind == "CrossAttnDownBlock2D":
-                down.append(CrossAttnDownBlock2D(*args, **common, heads=config.heads[i], cross_attention_dims=config.cross_attention_dims[i], **akw))
+                down.append(
+                    CrossAttnDownBlock2D(
+                        *args, **common, heads=config.heads[i], cross_attention_dims=config.cross_attention_dims[i], **akw
+                    )
+                )
             else:
                 down.append(DownBlock2D(*args, **common, **kw))
         self.down_blocks = nnx.List(down)
-        self.mid_block = UNetMidBlock2DCrossAttn(c[-1], temb, cfg=bcfg(n - 1), heads=config.heads[-1], cross_attention_dims=config.cross_attention_dims[-1], **akw)
+        self.mid_block = UNetMidBlock2DCrossAttn(
+            c[-1], temb, cfg=bcfg(n - 1), heads=config.heads[-1], cross_attention_dims=config.cross_attention_dims[-1], **akw
+        )
         up = []
         for i, kind in enumerate(config.up_block_types):
             level = n - 1 - i
             args = (c[max(level - 1, 0)], c[level], c[min(level + 1, n - 1)], temb)
             common = dict(num_layers=config.layers_per_block[level] + 1, add_upsample=i < n - 1, cfg=bcfg(level))
             if kind == "CrossAttnUpBlock2D":
-                up.append(CrossAttnUpBlock2D(*args, **common, heads=config.heads[level], cross_attention_dims=config.cross_attention_dims[level], **akw))
+                up.append(
+                    CrossAttnUpBlock2D(
+                        *args, **common, heads=config.heads[level], cross_attention_dims=config.cross_attention_dims[level], **akw
+                    )
+                )
             else:
                 up.append(UpBlock2D(*args, **common, **kw))
         self.up_blocks = nnx.List(up)
@@ -279,7 +314,10 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
                 raise ValueError(f"UNet: {name} has width {x.shape[-1]} but this UNet's cross-attention expects {sorted(want)}.")
         if states is None and (first or second):
             raise ValueError("UNet: encoder_hidden_states is required by this UNet's cross-attention layers.")
-        for name, m, x in (("encoder_attention_mask", mask, states), ("encoder_attention_mask_1", mask_1, states_1 if states_1 is not None else states)):
+        for name, m, x in (
+            ("encoder_attention_mask", mask, states),
+            ("encoder_attention_mask_1", mask_1, states_1 if states_1 is not None else states),
+        ):
             if m is not None and (x is None or tuple(m.shape) != tuple(x.shape[:2])):
                 raise ValueError(f"UNet: {name} must be (B, M) matching its encoder states, got {tuple(m.shape)}.")
 
@@ -332,7 +370,9 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
         """
         litefocus = self.litefocus if litefocus is _MODULE_LITEFOCUS else litefocus
         sample = jnp.asarray(sample)
-        self._check_inputs(sample, encoder_hidden_states, encoder_hidden_states_1, encoder_attention_mask, encoder_attention_mask_1)
+        self._check_inputs(
+            sample, encoder_hidden_states, encoder_hidden_states_1, encoder_attention_mask, encoder_attention_mask_1
+        )
         dtype, cfg = self.dtype, self.config
         batch = sample.shape[0]
         states_1 = encoder_hidden_states_1 if encoder_hidden_states_1 is not None else encoder_hidden_states
@@ -345,7 +385,9 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
         sparse = self._litefocus_calls(litefocus, sample.shape, comp_indices)
 
         t = jnp.broadcast_to(jnp.reshape(jnp.asarray(timestep), (-1,)), (batch,))
-        emb = self.time_embedding(timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).astype(dtype))
+        emb = self.time_embedding(
+            timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).astype(dtype)
+        )
 
         h = self.conv_in(sample.astype(dtype))
         skips = [h]
@@ -375,3 +417,62 @@ class AudioLDM2UNet2DConditionModel(nnx.Module):
         `nnx.merge` runs inside whatever transformation traces `apply`.
         """
         return functional(self)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+# Tensors of a diffusers UNet checkpoint that the model deliberately does not use: none.
+UNET_IGNORE: tuple[str, ...] = ()
+
+
+def _unet_builder(cfg: UNetConfig, dtype, litefocus, seed=0, attention_implementation=None):
+    return lambda: AudioLDM2UNet2DConditionModel(
+        cfg, dtype=dtype, litefocus=litefocus, rngs=nnx.Rngs(seed), attention_implementation=attention_implementation
+    )
+
+
+def convert_unet_state(source: Mapping[str, np.ndarray], config: Mapping, *, converted: bool = False) -> dict[Path_, np.ndarray]:
+    """Diffusers UNet state dict (or a converted one) -> flat {NNX path: numpy}, strictly validated."""
+    cfg = UNetConfig.from_diffusers(config)
+    return convert_state(
+        source, _unet_builder(cfg, jnp.float32, None), what="AudioLDM2 UNet", converted=converted, ignore=UNET_IGNORE
+    )
+
+
+def load_unet(
+    path: str | os.PathLike,
+    *,
+    dtype=jnp.float32,
+    litefocus: LiteFocusConfig | None = None,
+    attention_implementation: str | None = None,
+) -> AudioLDM2UNet2DConditionModel:
+    """Load the AudioLDM2 UNet.
+
+    Args:
+      path: a diffusers `unet/` folder (config.json + diffusion_pytorch_model.safetensors), a snapshot root
+        holding one, or the converted form written by `convert/convert_audioldm2.py`.
+      dtype: parameter and compute dtype (jnp.float32 or jnp.bfloat16).
+      litefocus: LiteFocusConfig to make the chosen self-attentions sparse; None = dense.
+      attention_implementation: passed to `jax.nn.dot_product_attention` (None, "xla", "cudnn").
+
+    Returns:
+      The module: `unet(sample (B,T,F,C), timestep, encoder_hidden_states, encoder_hidden_states_1=None,
+      encoder_attention_mask=None, encoder_attention_mask_1=None)` -> eps (B,T,F,C).
+    """
+    folder = resolve_component(path, "unet")
+    cfg = UNetConfig.from_diffusers(read_config(folder))
+    build = _unet_builder(cfg, dtype, litefocus, 0, attention_implementation)
+    return load_module(folder, build, dtype=dtype, what="AudioLDM2 UNet", ignore=UNET_IGNORE)
+
+
+def init_unet(
+    config: Mapping,
+    *,
+    seed: int = 0,
+    dtype=jnp.float32,
+    litefocus: LiteFocusConfig | None = None,
+    attention_implementation: str | None = None,
+) -> AudioLDM2UNet2DConditionModel:
+    """The same module with random weights, from a diffusers UNet config dict (benchmarks, tests)."""
+    cfg = UNetConfig.from_diffusers(config)
+    return _unet_builder(cfg, dtype, litefocus, seed, attention_implementation)()

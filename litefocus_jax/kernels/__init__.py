@@ -1,0 +1,1 @@
+"""Attention kernels: pure functions of arrays, no Flax modules, no model knowledge."""

@@ -1,0 +1,1 @@
+"""Pipelines: components + scheduler + the jitted generation programs."""

@@ -1,0 +1,559 @@
+"""Text in, waveform out: AudioLDM2 in JAX (diffusers `pipelines/audioldm2/pipeline_audioldm2.py`).
+
+Three jitted stages: text encoding (CLAP + Flan-T5 + projection + GPT2 generation), the whole denoising
+loop as one `lax.scan` (classifier-free guidance by batch doubling, LiteFocus indices as scanned data),
+and VAE decode + vocoder. Modules are split once into (graphdef, params); `nnx.merge` runs inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from litefocus_jax.features.feature_extraction_clap import ClapFeatureExtractor
+from litefocus_jax.litefocus.plan import LiteFocusConfig, make_comp_indices, make_plan
+from litefocus_jax.models.modeling_gpt2 import generate_language_model
+from litefocus_jax.pipelines.audioldm2 import rerank as clap_rerank
+from litefocus_jax.pipelines.audioldm2.conversion import check_snapshot, read_snapshot, resolve_snapshot
+from litefocus_jax.schedulers.factory import make_scheduler
+
+SCHEDULERS = ("ddim", "dpmsolver++")
+
+
+@dataclasses.dataclass
+class AudioLDM2PipelineOutput:
+    """audios: float32 (batch * num_waveforms_per_prompt, samples); sampling_rate: Hz.
+
+    With CLAP re-ranking (see `AudioLDM2Pipeline.__call__`), `clap_scores` (batch * num_waveforms_per_prompt,) float32
+    is each waveform's cosine similarity with its prompt and `candidate_indices` which of its prompt's candidates
+    (0 = first generated) it is; both None without re-ranking.
+    """
+
+    audios: np.ndarray
+    sampling_rate: int
+    latents: np.ndarray | None = None  # final latents, channels-last (B, T, F, C)
+    clap_scores: np.ndarray | None = None
+    candidate_indices: np.ndarray | None = None
+
+
+def _shardings(mesh):
+    """(replicated, split over the mesh's "data" axis along dim 0)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def _split(module):
+    graphdef, state = nnx.split(module)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def guided_eps(unet, x, t, idx, t5, t5_mask, generated, guidance, *, cfg: bool, litefocus):
+    """The guided noise prediction (B, T, F, C) for latents x (B, T, F, C) at timestep t.
+
+    `unet` is the UNet module or any callable with its signature; with `cfg` the batch is doubled
+    (unconditional first) and combined with `guidance`; `idx` is the step's LiteFocus index rows.
+    """
+    x_in = jnp.concatenate([x, x]) if cfg else x
+    eps = unet(x_in, t, generated, t5, None, t5_mask, comp_indices=idx if litefocus else None, litefocus=litefocus)
+    if cfg:
+        uncond, cond = jnp.split(eps, 2)
+        eps = uncond + guidance * (cond - uncond)
+    return eps
+
+
+class AudioLDM2Pipeline:
+    """AudioLDM2 text-to-audio. Build with `from_pretrained`; call with a prompt (see `__call__`)."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        tokenizer_2,
+        text_encoder,
+        text_encoder_2,
+        projection_model,
+        language_model,
+        unet,
+        vae,
+        vocoder,
+        scheduler_config: dict,
+        scheduler: str = "ddim",
+        dtype=jnp.float32,
+        feature_extractor: ClapFeatureExtractor | None = None,
+    ):
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}.")
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.feature_extractor = feature_extractor or ClapFeatureExtractor()  # CLAP re-ranking; default: cvssp's
+        self.unet_config = unet.config
+        self.vae_scaling_factor = float(vae.config.scaling_factor)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.sampling_rate = int(vocoder.config.sampling_rate)
+        self.mel_bins = int(vocoder.config.model_in_dim)
+        self.vocoder_upsample_factor = float(np.prod(vocoder.config.upsample_rates)) / self.sampling_rate
+        unet.latent_frame_seconds = self.vae_scale_factor * self.vocoder_upsample_factor
+        self.max_new_tokens = int(getattr(language_model.config, "max_new_tokens", 8) or 8)
+        self.scheduler_config, self.scheduler = dict(scheduler_config), scheduler
+        self.dtype = dtype
+        self.modules = {
+            "text_encoder": _split(text_encoder),
+            "text_encoder_2": _split(text_encoder_2),
+            "projection_model": _split(projection_model),
+            "language_model": _split(language_model),
+            "unet": _split(unet),
+            "vae": _split(vae),
+            "vocoder": _split(vocoder),
+        }
+        self._unet = unet
+        self._jitted: dict = {}
+        self._executables: dict = {}  # AOT-compiled stages of generate_items, by (key, argument shapes)
+        self._replicated_params: dict = {}  # params placed on a mesh, by (mesh, component names)
+        self.compile_seconds, self.compile_count = 0.0, 0  # ahead-of-time compiles of generate_items
+        if self.mel_bins % self.vae_scale_factor:
+            raise ValueError(
+                f"vocoder model_in_dim {self.mel_bins} is not divisible by the VAE scale factor {self.vae_scale_factor}."
+            )
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        *,
+        dtype=jnp.float32,
+        scheduler: str | None = None,
+        attention_implementation: str | None = None,
+    ) -> AudioLDM2Pipeline:
+        """Load a diffusers AudioLDM2 snapshot, its converted form, or a Hub repo id (when online).
+
+        Args:
+          path_or_repo_id: snapshot root (model_index.json + component folders) or e.g. "cvssp/audioldm2".
+          dtype: jnp.float32 or jnp.bfloat16 for every model (never float16: T5 overflows).
+          scheduler: "ddim" (the snapshot's own DDIM config) or "dpmsolver++" (2M multistep on the same betas).
+          attention_implementation: for the UNet's attention (None, "xla", "cudnn").
+        """
+        scheduler = scheduler or "ddim"
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}.")
+        if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {jnp.dtype(dtype).name} (T5 overflows in float16).")
+        root = resolve_snapshot(path_or_repo_id)
+        check_snapshot(root)
+        components = read_snapshot(root, dtype=dtype, attention_implementation=attention_implementation)
+        return cls(**components, scheduler=scheduler, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def latent_frames(self, audio_length_in_s: float) -> tuple[int, int]:
+        """(latent time frames, original waveform samples) exactly as diffusers computes them."""
+        height = int(audio_length_in_s / self.vocoder_upsample_factor)
+        samples = int(audio_length_in_s * self.sampling_rate)
+        if height % self.vae_scale_factor:
+            height = int(np.ceil(height / self.vae_scale_factor)) * self.vae_scale_factor
+        return height // self.vae_scale_factor, samples
+
+    def _check_call(
+        self, prompt, negative_prompt, audio_length_in_s, num_inference_steps, guidance_scale, num_waveforms_per_prompt, latents
+    ):
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = list(prompt)
+        else:
+            raise ValueError(f"prompt must be a str or a non-empty list of str, got {prompt!r}.")
+        if negative_prompt is not None:
+            if isinstance(prompt, str) != isinstance(negative_prompt, str):
+                raise ValueError("negative_prompt must have the same type as prompt (str with str, list with list).")
+            if not isinstance(negative_prompt, str) and len(negative_prompt) != len(prompts):
+                raise ValueError(
+                    f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompts)}; give one per prompt."
+                )
+        min_length = self.vocoder_upsample_factor * self.vae_scale_factor
+        if audio_length_in_s is None:
+            audio_length_in_s = (self.unet_config.sample_size or 256) * min_length
+        if not isinstance(audio_length_in_s, (int, float)) or math.isnan(audio_length_in_s) or audio_length_in_s < min_length:
+            raise ValueError(
+                f"audio_length_in_s must be a number >= {min_length:g} s (one latent frame), got {audio_length_in_s!r}."
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}.")
+        if not isinstance(num_waveforms_per_prompt, int) or num_waveforms_per_prompt < 1:
+            raise ValueError(f"num_waveforms_per_prompt must be an int >= 1, got {num_waveforms_per_prompt!r}.")
+        if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale):
+            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+        frames, samples = self.latent_frames(float(audio_length_in_s))
+        shape = (
+            len(prompts) * num_waveforms_per_prompt,
+            frames,
+            self.mel_bins // self.vae_scale_factor,
+            self.unet_config.in_channels,
+        )
+        if latents is not None and tuple(np.shape(latents)) != shape:
+            raise ValueError(
+                f"latents must be channels-last {shape} (batch * num_candidates, T, F, C) for "
+                f"{audio_length_in_s} s, got {tuple(np.shape(latents))}."
+            )
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        else:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        return prompts, negatives, shape, samples
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def _tokens(self, prompts, negatives, cfg: bool):
+        tok, tok2 = self.tokenizer, self.tokenizer_2
+        clap = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="np")
+        t5 = tok2(prompts, padding=True, max_length=tok2.model_max_length, truncation=True, return_tensors="np")
+        out = {"pos": (clap.input_ids, clap.attention_mask, t5.input_ids, t5.attention_mask)}
+        if cfg:
+            length = t5.input_ids.shape[1]  # the negative T5 branch is padded to the positive length
+            nclap = tok(negatives, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="np")
+            nt5 = tok2(negatives, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+            out["neg"] = (nclap.input_ids, nclap.attention_mask, nt5.input_ids, nt5.attention_mask)
+        return out
+
+    def _encode_fn(self):
+        if "encode" not in self._jitted:
+            m = self.modules
+            max_new = self.max_new_tokens
+
+            def encode(params, clap_ids, clap_mask, t5_ids, t5_mask):
+                clap = nnx.merge(m["text_encoder"][0], params["text_encoder"])(clap_ids, clap_mask)[:, None, :]
+                t5 = nnx.merge(m["text_encoder_2"][0], params["text_encoder_2"])(t5_ids, t5_mask)
+                proj = nnx.merge(m["projection_model"][0], params["projection_model"])
+                states, mask = proj(clap, t5, jnp.ones(clap.shape[:2], jnp.int32), t5_mask)
+                gpt2 = nnx.merge(m["language_model"][0], params["language_model"])
+                generated = generate_language_model(gpt2, states, mask, max_new)
+                return t5, generated
+
+            self._jitted["encode"] = jax.jit(encode)
+        return self._jitted["encode"]
+
+    def _comp_schedule(self, litefocus, latent_shape: tuple, num_steps: int):
+        """latent_shape (T, F, C) -> (litefocus, or None when the length rule keeps it dense; {level: int32 (steps, calls, K)}).
+
+        The dict always has a leaf with a leading step axis, because the denoising scan slices it per step.
+        """
+        if litefocus is not None and not isinstance(litefocus, LiteFocusConfig):
+            raise ValueError(f"litefocus must be a LiteFocusConfig or None, got {type(litefocus).__name__}.")
+        plan = make_plan(self.unet_config, litefocus, tuple(latent_shape[:2]), self._unet.latent_frame_seconds)
+        if plan is None or not plan.active:
+            return None, {"_": jnp.zeros((num_steps, 0), jnp.int32)}
+        comp = {k: jnp.asarray(v) for k, v in make_comp_indices(plan, num_steps).items()}
+        return litefocus, comp or {"_": jnp.zeros((num_steps, 0), jnp.int32)}
+
+    def _params(self, *names):
+        return {n: self.modules[n][1] for n in names}
+
+    def encode_prompt(self, prompts, negatives, num_waveforms_per_prompt: int, cfg: bool):
+        """-> (t5 states (B', L, D1), t5 mask (B', L), GPT2 states (B', 8, D)); B' = [negatives;] positives x nw."""
+        params = self._params("text_encoder", "text_encoder_2", "projection_model", "language_model")
+        tokens = self._tokens(prompts, negatives, cfg)
+        branches = []
+        for key in ("neg", "pos") if cfg else ("pos",):
+            clap_ids, clap_mask, t5_ids, t5_mask = (jnp.asarray(a) for a in tokens[key])
+            t5, generated = self._encode_fn()(params, clap_ids, clap_mask, t5_ids, t5_mask)
+            rep = partial(jnp.repeat, repeats=num_waveforms_per_prompt, axis=0)
+            branches.append((rep(t5), rep(t5_mask), rep(generated)))
+        return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*branches))
+
+    def _denoise_fn(self, num_steps: int, cfg: bool, litefocus, eta: float, mesh=None):
+        if litefocus is not None:
+            # seed, resample and the length rule only shape the index data (made by _comp_schedule): one
+            # compiled program serves them all.
+            litefocus = dataclasses.replace(litefocus, seed=0, resample="per_call", dense_at_or_below_s=None)
+        key = ("denoise", num_steps, cfg, litefocus, eta, mesh)
+        if key not in self._jitted:
+            graphdef = self.modules["unet"][0]
+            timesteps, state0, step_fn, _ = make_scheduler(self.scheduler, self.scheduler_config, num_steps, eta=eta)
+
+            def denoise(params, latents, t5, t5_mask, generated, guidance, comp, item_keys):
+                unet = nnx.merge(graphdef, params)
+
+                def body(carry, xs):
+                    x, state = carry
+                    i, t, idx = xs
+                    eps = guided_eps(unet, x, t, idx, t5, t5_mask, generated, guidance, cfg=cfg, litefocus=litefocus)
+                    noise = None
+                    if eta > 0:
+                        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(item_keys)
+                    state, x = step_fn(state, eps.astype(x.dtype), i, x, noise)
+                    return (x, state), None
+
+                n = len(timesteps)  # a DPM "trailing" schedule can hold fewer steps than asked for
+                comp = jax.tree_util.tree_map(lambda a: a[:n], comp)
+                (x, _), _ = jax.lax.scan(body, (latents, state0(latents)), (jnp.arange(n), jnp.asarray(timesteps), comp))
+                return x
+
+            if mesh is None:
+                self._jitted[key] = jax.jit(denoise)
+            else:  # params, guidance, LiteFocus indices replicated; latents, text states and item keys split over "data"
+                rep, data = _shardings(mesh)
+                self._jitted[key] = jax.jit(
+                    denoise, in_shardings=(rep, data, data, data, data, rep, rep, data), out_shardings=data
+                )
+        return self._jitted[key]
+
+    def _decode_fn(self, mesh=None):
+        key = "decode" if mesh is None else ("decode", mesh)
+        if key not in self._jitted:
+            (vae_g, _), (voc_g, _) = self.modules["vae"], self.modules["vocoder"]
+            scale = self.vae_scaling_factor
+
+            def decode(params, latents):
+                mel = nnx.merge(vae_g, params["vae"]).decode(latents / scale)  # (B, 4T, mel_bins, 1)
+                return nnx.merge(voc_g, params["vocoder"])(mel[..., 0]).astype(jnp.float32)
+
+            if mesh is None:
+                self._jitted[key] = jax.jit(decode)
+            else:
+                rep, data = _shardings(mesh)
+                self._jitted[key] = jax.jit(decode, in_shardings=(rep, data), out_shardings=data)
+        return self._jitted[key]
+
+    # ------------------------------------------------------------------------------------------ call
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        audio_length_in_s: float | None = None,
+        num_inference_steps: int = 200,
+        guidance_scale: float = 3.5,
+        num_waveforms_per_prompt: int = 1,
+        seed: int = 0,
+        latents=None,
+        litefocus: LiteFocusConfig | None = None,
+        eta: float = 0.0,
+        output_latents: bool = False,
+        num_candidates: int | None = None,
+        rerank: bool = True,
+    ) -> AudioLDM2PipelineOutput:
+        """Generate audio.
+
+        Args:
+          prompt: a str or a list of str.
+          negative_prompt: same type and count as prompt; default "" (classifier-free guidance only).
+          audio_length_in_s: default unet.sample_size * 4 * 0.01 = 10.24 s. Lengths are rounded up to a
+            whole latent frame (0.04 s) and the waveform is trimmed back to the exact length, as diffusers.
+          num_inference_steps, guidance_scale (> 1 enables classifier-free guidance), eta (DDIM noise).
+          num_waveforms_per_prompt: waveforms returned per prompt, consecutive in the output. When more than one
+            is generated per prompt, each prompt's are ordered best first by CLAP text-audio similarity (rerank.py).
+          num_candidates: waveforms generated per prompt (default num_waveforms_per_prompt); the best
+            num_waveforms_per_prompt of them are returned, e.g. num_candidates=3 is AudioLDM2's "keep the best of 3".
+          rerank: False keeps generation order and skips CLAP scoring (then num_candidates must equal
+            num_waveforms_per_prompt).
+          seed: the initial noise of item i (candidate c of prompt p is item p * num_candidates + c) is drawn from
+            fold_in(PRNGKey(seed), i), so it does not depend on the batch; it also seeds DDIM eta noise. LiteFocus
+            subsets use `litefocus.seed`.
+          latents: channels-last (B * num_candidates, T, F, C) initial noise (overrides seed).
+          litefocus: LiteFocusConfig for sparse UNet self-attention; None = dense.
+
+        Returns:
+          AudioLDM2PipelineOutput(audios float32 (B * num_waveforms_per_prompt, samples), sampling_rate, and with
+          re-ranking clap_scores / candidate_indices).
+        """
+        num_candidates = clap_rerank.check_candidates(num_waveforms_per_prompt, num_candidates, rerank)
+        prompts, negatives, shape, samples = self._check_call(
+            prompt, negative_prompt, audio_length_in_s, num_inference_steps, guidance_scale, num_candidates, latents
+        )
+        if not isinstance(eta, (int, float)) or eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta!r}.")
+        scoring = rerank and num_candidates > 1
+        if scoring:
+            clap_rerank.check_ready(self)  # a text-only CLAP or a mismatched feature extractor fails before generating
+        cfg = guidance_scale > 1.0
+        litefocus, comp = self._comp_schedule(litefocus, shape[1:], num_inference_steps)
+
+        t5, t5_mask, generated = self.encode_prompt(prompts, negatives, num_candidates, cfg)
+        item_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(shape[0]))
+        if latents is None:
+            latents = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(item_keys)
+        latents = jnp.asarray(latents, self.dtype)
+        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta))
+        final = denoise(
+            self.modules["unet"][1], latents, t5, t5_mask, generated, jnp.asarray(guidance_scale, jnp.float32), comp, item_keys
+        )
+        audio = self._decode_fn()(self._params("vae", "vocoder"), final)
+        audio = np.asarray(audio)[:, :samples]
+        final = np.asarray(final, np.float32) if output_latents else None
+        scores = chosen = None
+        if scoring:
+            rows, scores, chosen = clap_rerank.rerank(self, prompts, audio, num_candidates, num_waveforms_per_prompt)
+            audio, final = audio[rows], None if final is None else final[rows]
+        return AudioLDM2PipelineOutput(
+            audios=audio, sampling_rate=self.sampling_rate, latents=final, clap_scores=scores, candidate_indices=chosen
+        )
+
+    # ------------------------------------------------------------------------------------------ batches of items
+
+    def t5_length(self, prompt: str) -> int:
+        """Flan-T5 tokens of `prompt` alone (the length its encoding is computed at in `generate_items`)."""
+        tok2 = self.tokenizer_2
+        return int(
+            tok2([prompt], padding=True, max_length=tok2.model_max_length, truncation=True, return_tensors="np").input_ids.shape[
+                1
+            ]
+        )
+
+    def _compiled(self, key, jitted, *args):
+        """AOT-compile `jitted` once per (key, argument shapes): compile time is measured apart from run time."""
+        sig = (key,) + tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(args[1:]))
+        cache = self._executables
+        if sig not in cache:
+            start = time.perf_counter()
+            cache[sig] = jitted.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+            self.compile_count += 1
+        return cache[sig]
+
+    def _replicated(self, mesh, *names):
+        key = (mesh, names)
+        cache = self._replicated_params
+        if key not in cache:
+            rep, _ = _shardings(mesh)
+            cache[key] = jax.device_put(self._params(*names), rep)
+        return cache[key]
+
+    def generate_items(
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        seeds: Sequence[int],
+        audio_length_in_s: float | Sequence[float],
+        *,
+        num_inference_steps: int = 200,
+        guidance_scale: float = 3.5,
+        litefocus: LiteFocusConfig | None = None,
+        eta: float = 0.0,
+        mesh=None,
+        pad_to: int | None = None,
+        t5_length: int | None = None,
+        noise_indices: Sequence[int] | None = None,
+    ) -> list[np.ndarray]:
+        """One waveform per item, each independent of its batchmates, the batch size and the device count.
+
+        Item i equals `self(prompts[i], negative_prompt=negative_prompts[i], seed=seeds[i], ...)` (up to float
+        rounding): its noise is drawn from fold_in(PRNGKey(seeds[i]), 0) and its text is encoded alone (batch 1),
+        so T5 padding and GPT2 positions never depend on other prompts. The T5 states are then padded to the
+        batch's longest (or `t5_length`) with mask 0, which the UNet's -10000 key bias turns into zero weight.
+
+        Args:
+          prompts, negative_prompts, seeds: one entry per item ("" = no negative prompt).
+          audio_length_in_s: one length, or one per item; all must share one latent length (a bucket). Each
+            waveform is trimmed to its own length.
+          mesh: a `jax.sharding.Mesh` with a "data" axis: params replicated, latents and text states split.
+          pad_to: pad the batch (repeating the last item) to this many rows; must be a multiple of the mesh
+            size. Padding rows are computed and dropped. Default: the next multiple of the mesh size.
+          t5_length: pad T5 states to this length (>= every item's own) so a bucket compiles once.
+          noise_indices: per item i, draw its noise from fold_in(PRNGKey(seeds[i]), noise_indices[i]) instead of
+            index 0: candidate c of `self(prompt, seed=s, num_candidates=N)` is item (prompt, s, noise index c).
+
+        Returns:
+          A list of float32 (samples_i,) waveforms, one per item (NaN/Inf are left for the caller to check).
+        """
+        n = len(prompts)
+        if not (n and len(negative_prompts) == n and len(seeds) == n):
+            raise ValueError(
+                f"generate_items: give one negative prompt and one seed per prompt (got {n} prompts, "
+                f"{len(negative_prompts)} negatives, {len(seeds)} seeds)."
+            )
+        lengths = (
+            [float(audio_length_in_s)] * n
+            if isinstance(audio_length_in_s, (int, float))
+            else [float(x) for x in audio_length_in_s]
+        )
+        if len(lengths) != n:
+            raise ValueError(f"generate_items: {len(lengths)} lengths for {n} prompts.")
+        shapes = set()
+        samples = []
+        for length in lengths:
+            _, _, shape, samp = self._check_call(
+                list(prompts), list(negative_prompts), length, num_inference_steps, guidance_scale, 1, None
+            )
+            shapes.add(shape[1:])
+            samples.append(samp)
+        if len(shapes) != 1:
+            raise ValueError(
+                f"generate_items: lengths {sorted(set(lengths))} fall into different latent lengths; "
+                "group items by `latent_frames(seconds)` first."
+            )
+        cfg = guidance_scale > 1.0
+        latent_shape = shapes.pop()
+        litefocus, comp = self._comp_schedule(litefocus, latent_shape, num_inference_steps)
+        ndev = 1 if mesh is None else mesh.devices.size
+        rows = pad_to or -(-n // ndev) * ndev
+        if rows < n or rows % ndev:
+            raise ValueError(f"generate_items: pad_to={pad_to} must be >= {n} items and a multiple of {ndev} devices.")
+
+        # text: every item alone, batch 1 ([negative; positive] rows when guided)
+        enc_params = self._params("text_encoder", "text_encoder_2", "projection_model", "language_model")
+        per_item = []
+        for p, neg in zip(prompts, negative_prompts):
+            tokens = self._tokens([p], [neg], cfg)
+            branches = []
+            for key in ("neg", "pos") if cfg else ("pos",):
+                args = (enc_params,) + tuple(jnp.asarray(a) for a in tokens[key])
+                t5, generated = self._compiled("encode", self._encode_fn(), *args)(*args)
+                branches.append((np.asarray(t5), np.asarray(tokens[key][3]), np.asarray(generated)))
+            per_item.append(branches)
+        length = max([t5_length or 0] + [b[0][0].shape[1] for b in per_item])
+        per_item += [per_item[-1]] * (rows - n)  # padding rows: a copy of the last item, never returned
+
+        def stack(branch):
+            t5 = np.zeros((rows, length, per_item[0][branch][0].shape[-1]), per_item[0][branch][0].dtype)
+            mask = np.zeros((rows, length), np.int32)
+            for r, item in enumerate(per_item):
+                t, m, _ = item[branch]
+                t5[r, : t.shape[1]], mask[r, : m.shape[1]] = t[0], m[0]
+            return t5, mask, np.concatenate([item[branch][2] for item in per_item])
+
+        parts = [stack(b) for b in range(2 if cfg else 1)]
+        t5, t5_mask, generated = (np.concatenate(x) for x in zip(*parts))
+        seeds_padded = [int(s) for s in seeds] + [int(seeds[-1])] * (rows - n)
+        folds = [int(i) for i in (noise_indices if noise_indices is not None else [0] * n)]
+        if len(folds) != n:
+            raise ValueError(f"generate_items: {len(folds)} noise indices for {n} prompts.")
+        folds += [folds[-1]] * (rows - n)
+        item_keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), i) for s, i in zip(seeds_padded, folds)])
+        latents = jax.vmap(lambda k: jax.random.normal(k, latent_shape, jnp.float32))(item_keys).astype(self.dtype)
+
+        if mesh is None:
+            unet_params, dec_params = self.modules["unet"][1], self._params("vae", "vocoder")
+            put = jnp.asarray
+        else:
+            unet_params, dec_params = self._replicated(mesh, "unet")["unet"], self._replicated(mesh, "vae", "vocoder")
+            replicated, data = _shardings(mesh)
+            put = partial(jax.device_put, device=data)
+        # the UNet batch with guidance is [negatives; positives]: 2 * rows, still a multiple of the mesh size
+        args = (
+            unet_params,
+            put(latents),
+            put(jnp.asarray(t5, self.dtype)),
+            put(jnp.asarray(t5_mask)),
+            put(jnp.asarray(generated, self.dtype)),
+            jnp.asarray(guidance_scale, jnp.float32),
+            comp,
+            put(item_keys),
+        )
+        if mesh is not None:
+            args = args[:5] + (jax.device_put(args[5], replicated), jax.device_put(args[6], replicated), args[7])
+        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh)
+        final = self._compiled(("denoise", num_inference_steps, cfg, litefocus, float(eta), mesh), denoise, *args)(*args)
+        decode = self._decode_fn(mesh)
+        audio = np.asarray(self._compiled(("decode", mesh), decode, dec_params, final)(dec_params, final))
+        return [audio[i, : samples[i]].copy() for i in range(n)]

@@ -1,0 +1,1 @@
+"""Research tools: attention-pattern analysis and LiteFocus-aware fine-tuning."""

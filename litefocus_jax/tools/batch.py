@@ -1,0 +1,418 @@
+"""Crash-safe, resumable, sharded batch generation: prompts in, one wav per item plus a JSONL manifest out.
+
+Layout of an output folder:
+
+    00000-a-dog-barks.wav     one 16-bit wav per item, written atomically (temporary file + rename)
+    manifest.jsonl            one line per finished item, appended, flushed and fsynced after its wav
+
+An item is done iff its manifest line exists and its wav exists, so re-running the same command resumes:
+finished items are skipped, an item whose wav landed but whose line did not (a crash between the two) is
+generated again. NaN/Inf output is a failure and is never written.
+
+Devices: a `jax.sharding.Mesh` with one "data" axis over this process's devices; parameters replicated,
+latents and text states split along the batch. Batches are padded (repeating the last item) to a multiple
+of the device count; padding rows are never written.
+
+Multi-host: under a multi-process launcher (JAX_COORDINATOR_ADDRESS, SLURM with >1 task, Open MPI, a TPU
+pod) `jax.distributed.initialize()` runs first. Item i belongs to process i % process_count; each process
+generates its own items on a mesh of its local devices (data parallelism needs no cross-host traffic, and
+processes never wait for each other, so resumption is per process) and writes its own manifest
+(`manifest.p00001-of-00004.jsonl`); resumption reads all `manifest*.jsonl` files.
+
+Seeds: an item without an explicit seed gets `item_seed(seed, index)` (a hash of the global seed and the
+item index); its noise is drawn from fold_in(PRNGKey(item_seed), 0), so its audio does not depend on the
+batch size, the device count, the other items or resumption, and `pipe(prompt, seed=item_seed)`
+reproduces it.
+
+Candidates (`candidates=N > 1`, AudioLDM2's released protocol uses 3): each item is generated N times, candidate c
+from fold_in(PRNGKey(item_seed), c), and the one CLAP ranks best (pipelines/audioldm2/rerank.py) is written; its
+manifest line adds `candidate` (which one), `clap_score` (its cosine similarity with the prompt) and
+`candidate_scores` (all N, in generation order). `pipe(prompt, seed=item_seed, num_candidates=N)` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from litefocus_jax.utils.io import atomic_file
+
+MANIFEST_GLOB = "manifest*.jsonl"
+# the manifest fields that must match for a finished item to count as this run's result
+KEY_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "seconds",
+    "model",
+    "scheduler",
+    "steps",
+    "guidance",
+    "attention",
+    "dtype",
+    "candidates",  # absent (None) for one candidate, as in manifests written before candidates existed
+)
+
+
+@dataclasses.dataclass
+class Item:
+    index: int
+    prompt: str
+    negative_prompt: str
+    seconds: float
+    seed: int
+    line: int | None = None  # 1-based line in the prompts file
+
+
+@dataclasses.dataclass
+class Failure:
+    what: str  # "line 3" or "item 4"
+    reason: str
+
+    def __str__(self):
+        return f"{self.what}: {self.reason}"
+
+
+@dataclasses.dataclass
+class BatchResult:
+    written: list[int] = dataclasses.field(default_factory=list)
+    skipped: list[int] = dataclasses.field(default_factory=list)
+    failed: list[Failure] = dataclasses.field(default_factory=list)
+    compile_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+
+def item_seed(seed: int, index: int) -> int:
+    """The seed of item `index` under global `seed`: 31 bits of sha256("seed:index")."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _number(value, name, line):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def parse_prompts(
+    path: str | os.PathLike, *, seconds: float, negative_prompt: str, seed: int
+) -> tuple[list[Item], list[Failure]]:
+    """Read a prompts file: plain text (one prompt a line) or JSONL (objects with "prompt" and optionally
+    "negative_prompt", "seconds", "seed"); a line starting with "{" is JSON. Blank lines and lines starting
+    with "#" are skipped. Item indices count every prompt line, bad ones too, so fixing a bad line later
+    does not renumber the others. Bad lines come back as failures naming their line number."""
+    items, failures = [], []
+    text = Path(path).read_text(encoding="utf-8")
+    index = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        this = index
+        index += 1
+        try:
+            if line.startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+                unknown = sorted(set(obj) - {"prompt", "negative_prompt", "seconds", "seed"})
+                if unknown:
+                    raise ValueError(f"unknown key(s) {unknown}; allowed: prompt, negative_prompt, seconds, seed")
+                prompt = obj.get("prompt")
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise ValueError("'prompt' must be a non-empty string")
+                neg = obj.get("negative_prompt", negative_prompt)
+                if neg is None:
+                    neg = ""
+                if not isinstance(neg, str):
+                    raise ValueError("'negative_prompt' must be a string")
+                secs = float(_number(obj.get("seconds", seconds), "'seconds'", number))
+                if secs <= 0:
+                    raise ValueError(f"'seconds' must be > 0, got {secs}")
+                s = obj.get("seed")
+                if s is None:
+                    s = item_seed(seed, this)
+                elif isinstance(s, bool) or not isinstance(s, int) or not (0 <= s < 2**31):
+                    raise ValueError(f"'seed' must be an int in [0, 2**31), got {s!r}")
+                items.append(Item(this, prompt, neg, secs, int(s), number))
+            else:
+                items.append(Item(this, line, negative_prompt, float(seconds), item_seed(seed, this), number))
+        except ValueError as e:
+            failures.append(Failure(f"line {number}", str(e)))
+    return items, failures
+
+
+def file_name(item: Item) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", item.prompt.lower()).strip("-")[:48].strip("-") or "item"
+    return f"{item.index:05d}-{slug}.wav"
+
+
+def check_writable(out_dir: str | os.PathLike) -> Path:
+    """Create `out_dir` if needed and prove it is writable (a probe file); raises OSError otherwise."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"output folder {out} is not writable ({e.strerror or e}).") from None
+    return out
+
+
+def manifest_path(out_dir: Path, process_index: int = 0, process_count: int = 1) -> Path:
+    if process_count == 1:
+        return out_dir / "manifest.jsonl"
+    return out_dir / f"manifest.p{process_index:05d}-of-{process_count:05d}.jsonl"
+
+
+def read_manifests(out_dir: Path) -> dict[int, dict]:
+    """{item index: its last manifest record} over every manifest*.jsonl (a torn last line is ignored)."""
+    records = {}
+    for path in sorted(glob.glob(str(out_dir / MANIFEST_GLOB))):
+        for raw in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(raw)
+                records[int(rec["index"])] = rec
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that item is simply not done
+    return records
+
+
+def append_line(path: Path, record: dict) -> None:
+    """Append one JSON line, flushed and fsynced, so a finished item survives a crash right after."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_npy(path: Path, audio: np.ndarray) -> None:
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            np.save(f, audio)
+
+    atomic_file(path, write)
+
+
+def maybe_initialize_distributed(environ=None) -> bool:
+    """Call `jax.distributed.initialize()` when launched by a multi-process launcher; True if it did.
+
+    Detected: JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES / JAX_PROCESS_ID), SLURM with more than one
+    task, Open MPI (OMPI_COMM_WORLD_SIZE > 1), a multi-host TPU pod (TPU_WORKER_HOSTNAMES with several hosts).
+    Must run before anything touches the devices.
+    """
+    env = os.environ if environ is None else environ
+    multi = (
+        bool(env.get("JAX_COORDINATOR_ADDRESS"))
+        or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+        or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    )
+    if not multi:
+        return False
+    import jax
+
+    kwargs = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+        if env.get("JAX_NUM_PROCESSES"):
+            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if env.get("JAX_PROCESS_ID"):
+            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def local_mesh():
+    """A Mesh with one "data" axis over this process's devices (all devices when single-process)."""
+    import jax
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.local_devices()), ("data",))
+
+
+def _test_hooks():
+    """Test-only fault injection (environment): exit hard after N finished items, or NaN for some items."""
+    exit_after = os.environ.get("LITEFOCUS_JAX_TEST_EXIT_AFTER")
+    nan_items = os.environ.get("LITEFOCUS_JAX_TEST_NAN_ITEMS", "")
+    return (int(exit_after) if exit_after else None), {int(x) for x in nan_items.split(",") if x.strip()}
+
+
+def _pick_best(
+    pipe, chunk: Sequence[Item], audios: Sequence[np.ndarray], n: int, per_chunk: int
+) -> list[tuple[dict, np.ndarray]]:
+    """Per item, (manifest fields, waveform) of its CLAP-best candidate; candidates with NaN/Inf never win."""
+    from litefocus_jax.pipelines.audioldm2.rerank import score_candidates
+
+    groups = [np.stack(audios[i * n : (i + 1) * n]) for i in range(len(chunk))]
+    scores = score_candidates(pipe, [it.prompt for it in chunk], groups, pad_to=per_chunk)
+    picks = []
+    for group, score in zip(groups, scores):
+        ranked = np.where(np.isfinite(group).all(axis=1) & np.isfinite(score), score, -np.inf)
+        best = int(np.argmax(ranked))  # the first of equal scores: generation order
+        extra = dict(candidate=best, clap_score=float(score[best]), candidate_scores=[float(x) for x in score])
+        picks.append((extra, group[best]))
+    return picks
+
+
+def run_batch(
+    pipe,
+    items: Sequence[Item],
+    out_dir: str | os.PathLike,
+    *,
+    settings: dict,
+    num_inference_steps: int,
+    guidance_scale: float,
+    litefocus=None,
+    batch_size: int = 4,
+    mesh=None,
+    process_index: int = 0,
+    process_count: int = 1,
+    save_npy_too: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    candidates: int = 1,
+) -> BatchResult:
+    """Generate every pending item this process owns into `out_dir` (see the module docstring).
+
+    `settings` holds the run-wide manifest fields: model, scheduler, steps, guidance, attention, dtype.
+    Items of one latent length form a bucket; each bucket's batches have one shape (one compile).
+    With `candidates` N > 1, each item takes N rows of a `batch_size`-row batch and the CLAP-best is kept.
+    """
+    from tqdm import tqdm
+
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be an int >= 1, got {candidates!r}.")
+    if candidates > 1:
+        from litefocus_jax.pipelines.audioldm2.rerank import check_ready
+
+        check_ready(pipe)  # a text-only CLAP (converted by 0.1) fails here, before anything compiles
+        settings = dict(settings, candidates=candidates)
+    out = Path(out_dir)
+    result = BatchResult()
+    mesh = mesh if mesh is not None else local_mesh()
+    ndev = mesh.devices.size
+    exit_after, nan_items = _test_hooks()
+
+    done = read_manifests(out)
+    mine = [it for it in items if it.index % process_count == process_index]
+    pending = []
+    for it in mine:
+        rec = done.get(it.index)
+        want = dict(settings, prompt=it.prompt, negative_prompt=it.negative_prompt, seed=it.seed, seconds=it.seconds)
+        if rec is not None and any(rec.get(k) != want.get(k) for k in KEY_FIELDS):
+            diff = [k for k in KEY_FIELDS if rec.get(k) != want.get(k)]
+            raise ValueError(
+                f"{out} already holds item {it.index} made with different {diff} ({rec.get('file')}); use another "
+                "--out-dir, or delete that folder's results to start over."
+            )
+        if rec is not None and (out / rec["file"]).is_file():
+            result.skipped.append(it.index)
+            continue
+        for stale in out.glob(f".{file_name(it)}.tmp-*"):  # left by a hard kill mid-write
+            stale.unlink(missing_ok=True)
+        pending.append(it)
+    if result.skipped:
+        log(f"resuming: {len(result.skipped)} item(s) already done in {out}, {len(pending)} to go")
+
+    buckets: dict[int, list[Item]] = {}
+    for it in pending:
+        buckets.setdefault(pipe.latent_frames(it.seconds)[0], []).append(it)
+    manifest = manifest_path(out, process_index, process_count)
+    compile_before = pipe.compile_seconds
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(pending),
+        unit="item",
+        disable=not progress or not pending,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
+    )
+    written_now = 0
+    try:
+        for frames, bucket in sorted(buckets.items()):
+            n = candidates
+            rows = min(-(-max(batch_size, n) // ndev) * ndev, -(-len(bucket) * n // ndev) * ndev)
+            per_chunk = max(1, rows // n)  # items per batch; each takes n rows
+            rows = -(-per_chunk * n // ndev) * ndev
+            t5_len = max(pipe.t5_length(it.prompt) for it in bucket)
+            for start_i in range(0, len(bucket), per_chunk):
+                chunk = bucket[start_i : start_i + per_chunk]
+                compiled = pipe.compile_seconds
+                each = lambda f: [f(it) for it in chunk for _ in range(n)]  # noqa: E731  item-major rows
+                try:
+                    audios = pipe.generate_items(
+                        each(lambda it: it.prompt),
+                        each(lambda it: it.negative_prompt),
+                        each(lambda it: it.seed),
+                        each(lambda it: it.seconds),
+                        num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale,
+                        litefocus=litefocus,
+                        mesh=mesh,
+                        pad_to=rows,
+                        t5_length=t5_len,
+                        noise_indices=list(range(n)) * len(chunk),
+                    )
+                    picks = _pick_best(pipe, chunk, audios, n, per_chunk) if n > 1 else [({}, a) for a in audios]
+                except (ValueError, RuntimeError) as e:  # e.g. a length the UNet cannot take: fail these, go on
+                    for it in chunk:
+                        result.failed.append(Failure(f"item {it.index}", f"{type(e).__name__}: {e}"))
+                    bar.update(len(chunk))
+                    continue
+                if pipe.compile_seconds > compiled:
+                    bar.write(
+                        f"compiled for {chunk[0].seconds:g} s items ({frames} latent frames, batch {rows} on "
+                        f"{ndev} device(s)): {pipe.compile_seconds - compiled:.1f} s",
+                        file=sys.stderr,
+                    )
+                for it, (extra, audio) in zip(chunk, picks):
+                    if it.index in nan_items:
+                        audio = np.full_like(audio, np.nan)
+                    if not np.isfinite(audio).all():
+                        result.failed.append(Failure(f"item {it.index}", "the output contains NaN or Inf; nothing written"))
+                        bar.update(1)
+                        continue
+                    name = file_name(it)
+                    if save_npy_too:
+                        save_npy(out / (name[:-4] + ".npy"), audio)
+                    from litefocus_jax.utils.io import save_wav
+
+                    save_wav(out / name, audio, pipe.sampling_rate)
+                    if exit_after is not None and written_now >= exit_after:
+                        os._exit(75)  # test hook: a hard crash between the wav and its manifest line
+                    record = dict(
+                        index=it.index,
+                        line=it.line,
+                        prompt=it.prompt,
+                        negative_prompt=it.negative_prompt,
+                        seed=it.seed,
+                        seconds=it.seconds,
+                        **settings,
+                        file=name,
+                        sampling_rate=pipe.sampling_rate,
+                        samples=int(audio.shape[0]),
+                        **extra,
+                    )
+                    append_line(manifest, record)
+                    written_now += 1
+                    result.written.append(it.index)
+                    bar.update(1)
+    finally:
+        bar.close()
+    result.compile_seconds = pipe.compile_seconds - compile_before
+    result.run_seconds = time.perf_counter() - start - result.compile_seconds
+    return result

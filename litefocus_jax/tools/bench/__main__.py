@@ -1,0 +1,5 @@
+import sys
+
+from litefocus_jax.tools.bench.cli import main
+
+sys.exit(main())
