@@ -123,12 +123,8 @@ def main(argv=None) -> int:
 
     from litefocus_jax.features.audio import audio_files_to_latents
     from litefocus_jax.litefocus.plan import LiteFocusConfig
-    from litefocus_jax.research.training import (
-        LatentTextDataset,
-        TrainConfig,
-        Trainer,
-        encode_captions,
-    )
+    from litefocus_jax.research.training import TrainConfig, Trainer
+    from litefocus_jax.research.training_data import LatentTextDataset, encode_captions
 
     start = time.perf_counter()
     pipe, unet, vae = load_models(args)

@@ -20,14 +20,13 @@ from litefocus_jax.models.presets import unet_config
 from litefocus_jax.models.unet_audioldm2 import UNetConfig
 from litefocus_jax.research.training import (
     TINY_UNET_CONFIG,
-    LatentTextDataset,
-    TrainBatch,
     TrainConfig,
     Trainer,
     add_noise,
     training_alphas_cumprod,
     unet_config_dict,
 )
+from litefocus_jax.research.training_data import LatentTextDataset, TrainBatch
 from litefocus_jax.schedulers.scheduling_utils import CVSSP_DDIM
 
 LR = 1e-3
