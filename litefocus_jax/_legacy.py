@@ -40,7 +40,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     ),
     "torch_reference": ("tools.torch_reference",),
     "analysis": ("research.analysis",),
-    "training": ("research.training",),
+    "training": ("research.training", "research.training_data"),
 }
 _PACKAGE = __name__.rpartition(".")[0]
 

@@ -28,7 +28,7 @@ from litefocus_jax.features.audio import (
 )
 from litefocus_jax.models.autoencoder_kl import load_vae
 from litefocus_jax.pipelines.audioldm2.tiny import build_tiny_pipeline
-from litefocus_jax.research.training import LatentTextDataset, encode_captions
+from litefocus_jax.research.training_data import LatentTextDataset, encode_captions
 
 LOG_MEL_TOL = 1e-3  # max abs log-mel error vs torch fp32 on signals with a noise floor; reached ~1.5e-4
 LATENT_REL_TOL = 1e-4  # max |err| / max |ref| of latents (mel + VAE encoder) vs torch; reached 5.1e-6
