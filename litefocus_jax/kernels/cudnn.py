@@ -9,6 +9,7 @@ all, and the kernel becomes the plain `fmhaSoftmax` (../shared/reference/ACCELER
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -37,6 +38,23 @@ def available() -> bool:
     except (RuntimeError, ImportError):
         return False
     return True
+
+
+@contextlib.contextmanager
+def assume_cudnn():
+    """Within this block JAX's trace-time cuDNN checks pass on any machine, so a program lowered for CUDA calls
+    cuDNN (ACCELERATORS.md §3.4): for inspecting that program from a CPU machine (`litefocus-jax platform-check
+    --assume-cudnn`, the tests). It lowers; nothing can run it here."""
+    from jax._src.cudnn import fused_attention_stablehlo as fa
+
+    saved = fa.check_cudnn_version, fa.check_compute_capability
+    fa.check_cudnn_version, fa.check_compute_capability = (lambda: 91000), (lambda capability: True)
+    available.cache_clear()
+    try:
+        yield
+    finally:
+        fa.check_cudnn_version, fa.check_compute_capability = saved
+        available.cache_clear()
 
 
 def keys_kept_first(k, v, kv_keep):

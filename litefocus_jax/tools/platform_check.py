@@ -70,26 +70,11 @@ def vae_decode(seconds: float, dtype=jnp.bfloat16):
     return apply, [params, SDS((1, round(seconds / AUDIOLDM2_LATENT_FRAME_SECONDS), 16, 8), dtype)]
 
 
-@contextlib.contextmanager
-def assume_cudnn():
-    """Stub JAX's trace-time cuDNN checks (ACCELERATORS.md §3.4): the CUDA program then calls cuDNN."""
-    from jax._src.cudnn import fused_attention_stablehlo as fa
-
-    saved = fa.check_cudnn_version, fa.check_compute_capability
-    fa.check_cudnn_version, fa.check_compute_capability = (lambda: 91000), (lambda capability: True)
-    cudnn.available.cache_clear()
-    try:
-        yield
-    finally:
-        fa.check_cudnn_version, fa.check_compute_capability = saved
-        cudnn.available.cache_clear()
-
-
 def lowered_text(fn, args, platform: str) -> str:
     """The StableHLO of `fn(*args)` lowered for `platform` ("tpu", "cuda", "cpu").
 
     Traced afresh each call (a new function object): jit's trace cache would otherwise reuse a program traced
-    before `assume_cudnn` changed which kernel the dispatch picks.
+    before `cudnn.assume_cudnn` changed which kernel the dispatch picks.
     """
     return jax.jit(lambda *a: fn(*a)).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
@@ -109,7 +94,7 @@ def main(argv=None) -> int:
         fn, fn_args = unet_call(abstract_unet(dtype=dtype), args.seconds, args.attention, dtype=dtype)
     else:
         fn, fn_args = vae_decode(args.seconds, dtype)
-    with assume_cudnn() if args.assume_cudnn else contextlib.nullcontext():
+    with cudnn.assume_cudnn() if args.assume_cudnn else contextlib.nullcontext():
         text = lowered_text(fn, fn_args, args.platform)
     nbytes, shape = largest_tensor_bytes(text)
     what = f"{args.component}{'' if args.component == 'vae' else ' ' + args.attention}"

@@ -115,15 +115,10 @@ def test_tpu_program_uses_the_pallas_kernel_and_no_logits():
 
 
 @pytest.fixture
-def stub_cudnn(monkeypatch):
+def stub_cudnn():
     """Let JAX's cuDNN wrapper trace on a machine without a GPU (its version check runs at trace time)."""
-    from jax._src.cudnn import fused_attention_stablehlo as fa
-
-    monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
-    monkeypatch.setattr(fa, "check_compute_capability", lambda capability: True)
-    cudnn.available.cache_clear()
-    yield
-    cudnn.available.cache_clear()
+    with cudnn.assume_cudnn():
+        yield
 
 
 def test_cuda_program_without_cudnn_takes_the_block_path():

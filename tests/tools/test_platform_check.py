@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 
+from litefocus_jax.kernels import cudnn
 from litefocus_jax.kernels.export_check import export_for_platform, largest_tensor_bytes, tensors_reaching
 from litefocus_jax.tools import platform_check as pc
 
@@ -54,7 +55,7 @@ def test_unet_call_at_320s_holds_no_logits_sized_array(unet, platform, attention
 def test_unet_call_at_320s_on_cudnn(unet, attention):
     """The CUDA program as a GPU with cuDNN gets it: cuDNN's fused softmax, no bias even for exact rows."""
     fn, args = pc.unet_call(unet, SECONDS, attention)
-    with pc.assume_cudnn():
+    with cudnn.assume_cudnn():
         text = pc.lowered_text(fn, args, "cuda")
     nbytes, shape = largest_tensor_bytes(text)
     print(f"UNet {attention} cuda+cuDNN {SECONDS} s bf16: largest tensor {shape} = {nbytes / 2**20:.0f} MiB")
