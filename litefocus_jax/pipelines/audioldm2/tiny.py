@@ -47,7 +47,7 @@ def tiny_tokenizers():
     return tok, T5Tokenizer(vocab=pieces, model_max_length=32), len(vocab), len(pieces)
 
 
-def build_tiny_pipeline(seed: int = 0, dtype=None):
+def build_tiny_pipeline(seed: int = 0, dtype=None, scheduler: str = "ddim"):
     """A tiny random-weight AudioLDM2Pipeline built in-process with the library's init_* functions (no torch,
     no download). The real vocoder hop: 25 latent frames per second, 16 kHz. Its CLAP has an audio branch, so it
     re-ranks candidates (on 2 s CLAP windows)."""
@@ -143,6 +143,7 @@ def build_tiny_pipeline(seed: int = 0, dtype=None):
         vae=vae,
         vocoder=vocoder,
         scheduler_config=dict(CVSSP_DDIM),
+        scheduler=scheduler,
         dtype=dtype,
         feature_extractor=ClapFeatureExtractor.from_dict(TINY_CLAP_FEATURES),
     )
