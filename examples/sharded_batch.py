@@ -19,11 +19,11 @@ selects something other than the CPU, or when a GPU/TPU jax plugin is installed.
 Multi-host TPU (a v4-32 or v5e-16 slice: several hosts, one process per host): run the same command on every
 host at once, e.g. `gcloud compute tpus tpu-vm ssh NAME --worker=all --command "cd repo && python
 examples/sharded_batch.py --model cvssp/audioldm2 --out-dir /shared/out"`. `maybe_initialize_distributed()`
-(litefocus_jax/batch.py) sees the pod (TPU_WORKER_HOSTNAMES), or a launcher (JAX_COORDINATOR_ADDRESS with
+(litefocus_jax/tools/batch.py, tools/fleet.py) sees the pod (TPU_WORKER_HOSTNAMES), or a launcher (JAX_COORDINATOR_ADDRESS with
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, SLURM with several tasks, Open MPI), and calls
 `jax.distributed.initialize()` before any device is touched. Process k of n then generates the items i with
-i % n == k on a mesh of its own local devices, with no cross-host traffic, and writes
-manifest.pKKKKK-of-NNNNN.jsonl; each process resumes on its own. Give every host the same prompts file; an
+i % n == k on a mesh of its own local devices, with no cross-host traffic, then any item nobody has
+claimed (a dead or slow peer's), and writes manifest.pKKKKK-of-NNNNN.jsonl; a rerun resumes every process's work. Give every host the same prompts file; an
 --out-dir on a shared file system (NFS, gcsfuse) collects every host's output in one place. Multi-GPU
 hosts run the same way: one process per host, all its GPUs in the mesh.
 

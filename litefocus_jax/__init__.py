@@ -13,6 +13,7 @@ from litefocus_jax.litefocus import (
     make_plan,
 )
 from litefocus_jax.models.modeling_clap_model import load_clap
+from litefocus_jax.models.modeling_vits import load_vits_text_encoder
 from litefocus_jax.models.unet_audioldm2 import (
     AudioLDM2UNet2DConditionModel,
     UNetConfig,
@@ -23,6 +24,7 @@ from litefocus_jax.pipelines.audioldm2.pipeline_audioldm2 import (
     AudioLDM2Pipeline,
     AudioLDM2PipelineOutput,
 )
+from litefocus_jax.pipelines.audioldm2.speech import SPEECH_MAX_NEW_TOKENS
 from litefocus_jax.utils.io import save_wav
 from litefocus_jax.weights import ConversionError
 
@@ -37,9 +39,11 @@ __all__ = [
     "ConversionError",
     "LiteFocusConfig",
     "LiteFocusPlan",
+    "SPEECH_MAX_NEW_TOKENS",
     "UNetConfig",
     "init_unet",
     "load_clap",
+    "load_vits_text_encoder",
     "load_unet",
     "indices_for_step",
     "make_comp_indices",

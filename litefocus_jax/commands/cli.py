@@ -1,4 +1,4 @@
-"""`litefocus-jax` command line: generate, convert, demo, bench, platform-check.
+"""`litefocus-jax` command line: generate, convert, demo, bench, platform-check, evaluate.
 
     litefocus-jax generate "a dog barks" --model cvssp/audioldm2 --seconds 20 --attention litefocus
     litefocus-jax generate --prompts prompts.jsonl --out-dir outputs --batch-size 8
@@ -7,6 +7,7 @@
     litefocus-jax demo
     litefocus-jax bench ...                                  # benchmarks/README.md
     litefocus-jax platform-check --platform tpu --seconds 320 # the TPU/CUDA program, checked from any machine
+    litefocus-jax evaluate GENERATED --reference REF ...      # FAD/FD/KL/IS/KID/CLAP; --generate: dense vs LiteFocus table
 
 Exit status: 0 everything written; 1 some items failed (listed at the end); 2 bad arguments or setup
 (unwritable --out-dir, missing model, unreadable prompts file), reported before anything compiles.
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litefocus-jax", description="AudioLDM2 text-to-audio in JAX with LiteFocus sparse attention."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,demo,bench,platform-check}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,demo,bench,platform-check,evaluate}")
 
     g = sub.add_parser(
         "generate",
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out-dir", default="outputs", help="output folder for wavs and manifest.jsonl (default ./outputs)")
     g.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"snapshot folder (diffusers or converted) or Hub id (default {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"snapshot folder (diffusers or converted), Hub id (default {DEFAULT_MODEL}), or 'tiny': a built-in "
+        "random-weight model, no download (its audio is noise)",
     )
     g.add_argument("--seconds", type=positive_float, default=10.0, help="audio length in seconds (default 10; per item in JSONL)")
     g.add_argument("--steps", type=positive_int, default=200, help="denoising steps (default 200)")
@@ -91,13 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
         "records its clap_score and all candidate_scores. Each candidate takes one row of --batch-size (default 1)",
     )
     g.add_argument("--negative-prompt", default="", help="negative prompt for every item without its own (default none)")
+    g.add_argument(
+        "--transcription",
+        help="speech snapshots (anhnct/audioldm2_gigaspeech...): the words to speak for the one prompt, which then "
+        'describes the voice; with --prompts give each JSONL line a "transcription"',
+    )
+    g.add_argument(
+        "--phonemes",
+        action="store_true",
+        help="transcriptions are already phonemes (IPA as espeak-ng writes them): no phonemizer/espeak-ng needed",
+    )
     g.add_argument("--save-npy", action="store_true", help="also write each float32 waveform as .npy next to its wav")
     g.add_argument(
         "--cache-dir",
         default=os.environ.get("LITEFOCUS_JAX_CACHE", str(Path.home() / ".cache" / "litefocus_jax" / "xla")),
         help="persistent XLA compilation cache ('' disables; default ~/.cache/litefocus_jax/xla or $LITEFOCUS_JAX_CACHE)",
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (denoising steps of one item, items of a batch)")
+    g.add_argument(
+        "--mesh",
+        help="data=D,seq=S: one clip across D x S local devices, its latent time axis split over S (sequence parallelism, "
+        "README); default: items split over all local devices",
+    )
 
     c = sub.add_parser("convert", help="convert a diffusers AudioLDM2 snapshot to litefocus_jax safetensors", add_help=False)
     c.add_argument("args", nargs=argparse.REMAINDER, help="see `litefocus-jax convert --help`")
@@ -111,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     pc.add_argument("args", nargs=argparse.REMAINDER, help="see `litefocus-jax platform-check --help`")
+    e = sub.add_parser(
+        "evaluate",
+        help="quality metrics (FAD, FD, KL, IS, KID, CLAP) of a folder, or --generate: dense vs LiteFocus in one table",
+        add_help=False,
+    )
+    e.add_argument("args", nargs=argparse.REMAINDER, help="see `litefocus-jax evaluate --help`")
 
     d = sub.add_parser(
         "demo",
@@ -148,6 +173,12 @@ def cmd_generate(args) -> int:
 
     if (args.prompt is None) == (args.prompts is None):
         return _fail("give one prompt or --prompts FILE (exactly one of them).")
+    from litefocus_jax.tools.fleet import launcher_settings
+
+    try:  # a half-set multi-process launch fails here, before anything loads
+        launcher_settings()
+    except ValueError as e:
+        return _fail(str(e))
     # everything that can be checked without devices, before anything loads or compiles
     try:
         out = check_writable(args.out_dir)
@@ -166,32 +197,44 @@ def cmd_generate(args) -> int:
     else:
         if not args.prompt.strip():
             return _fail("the prompt is empty.")
-        items = [Item(0, args.prompt, args.negative_prompt, args.seconds, item_seed(args.seed, 0))]
-    from litefocus_jax.pipelines.audioldm2.conversion import check_snapshot, resolve_snapshot
+        items = [Item(0, args.prompt, args.negative_prompt, args.seconds, item_seed(args.seed, 0), None, args.transcription)]
+    if args.prompts is not None and args.transcription is not None:
+        return _fail('--transcription goes with one prompt; with --prompts give each JSONL line a "transcription".')
+    from litefocus_jax.pipelines.audioldm2 import parallel
 
     try:
-        root = resolve_snapshot(args.model)
-        check_snapshot(root)
+        mesh_shape = None if args.mesh is None else parallel.parse_mesh_spec(args.mesh)
+    except ValueError as e:
+        return _fail(str(e))
+    from litefocus_jax.commands.models import TINY, WEIGHTS_NOTE, check_model, load_pipeline
+
+    try:
+        root = check_model(args.model)  # a snapshot folder, a Hub id (its cache offline), or TINY
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"model: {e}")
 
     distributed = maybe_initialize_distributed()
     import jax
-    import jax.numpy as jnp
 
     if args.cache_dir:
         jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     from litefocus_jax.litefocus.plan import LiteFocusConfig
-    from litefocus_jax.pipelines.audioldm2.pipeline_audioldm2 import AudioLDM2Pipeline
     from litefocus_jax.tools.batch import local_mesh, run_batch
 
+    try:
+        mesh = local_mesh() if mesh_shape is None else parallel.make_mesh(*mesh_shape)
+    except ValueError as e:
+        return _fail(str(e))
     litefocus = LiteFocusConfig(ratio=args.ratio, seed=args.seed) if args.attention == "litefocus" else None
     start = time.perf_counter()
     try:
-        pipe = AudioLDM2Pipeline.from_pretrained(root, dtype=getattr(jnp, args.dtype), scheduler=args.scheduler)
+        pipe = load_pipeline(root, dtype=args.dtype, scheduler=args.scheduler)
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"model: {e}")
-    print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    note = f" ({WEIGHTS_NOTE})" if root == TINY else ""
+    if args.phonemes and getattr(pipe, "speech", False):
+        pipe.tokenizer_2.phonemize = False  # the transcriptions are phonemes already
+    print(f"loaded {args.model}{note} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     # per-item lengths the model cannot take fail now, before compiling
     min_s = pipe.vocoder_upsample_factor * pipe.vae_scale_factor
     good = []
@@ -203,6 +246,8 @@ def cmd_generate(args) -> int:
                     f"seconds {it.seconds:g} is below one latent frame ({min_s:g} s)",
                 )
             )
+        elif mesh_shape and (problem := parallel.length_problem(pipe, it.seconds, mesh)):
+            failures.append(Failure(f"item {it.index}" + (f" (line {it.line})" if it.line else ""), problem))
         else:
             good.append(it)
     attention = {"type": args.attention}
@@ -221,8 +266,8 @@ def cmd_generate(args) -> int:
         guidance=args.guidance,
         attention=attention,
         dtype=args.dtype,
+        **({"weights": "random"} if root == TINY else {}),
     )
-    mesh = local_mesh()
     pi, pc = jax.process_index(), jax.process_count()
     print(
         f"{len(good)} item(s) on {mesh.devices.size} {jax.default_backend()} device(s)"
@@ -253,11 +298,20 @@ def cmd_generate(args) -> int:
         print("interrupted: finished items are in the manifest; run the same command again to resume.", file=sys.stderr)
         return 130
     failures += result.failed
+    if pc > 1:  # process 0 waits for the others (it hosts JAX's coordination service), then says who wrote what
+        from litefocus_jax.tools.batch import read_manifests
+        from litefocus_jax.tools.fleet import report_fleet
+
+        missing = report_fleet(out, [it.index for it in good], read_manifests, log=lambda m: print(m, file=sys.stderr))
+        known = {f.what for f in failures}
+        failures += [Failure(f"item {i}", "missing: no process wrote it") for i in missing if f"item {i}" not in known]
     n = len(result.written)
     rate = f", {n / result.run_seconds:.2f} items/s" if n and result.run_seconds > 0 else ""
     print(
-        f"written {n}, skipped (already done) {len(result.skipped)}, failed {len(failures)}; compile {result.compile_seconds:.1f} s, "
-        f"generation {result.run_seconds:.1f} s{rate}; output in {out}",
+        f"written {n}, skipped (already done) {len(result.skipped)}, failed {len(failures)}"
+        + (f", done or held by other runs {len(result.elsewhere)}" if result.elsewhere else "")
+        + f"; compile {result.compile_seconds:.1f} s, "
+        f"generation {result.run_seconds:.1f} s{rate}; output in {out}{note}",
         file=sys.stderr,
     )
     if failures:
@@ -332,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from litefocus_jax.tools.platform_check import main as check_main
 
         return check_main(argv[1:])
+    if argv and argv[0] == "evaluate":  # quality metrics (commands/evaluate.py); its own --help
+        from litefocus_jax.commands.evaluate import run as evaluate_main
+
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return cmd_generate(args)

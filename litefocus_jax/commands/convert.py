@@ -1,4 +1,5 @@
-"""`litefocus-jax convert SRC DST` (also `litefocus-jax-convert`): a diffusers AudioLDM2 snapshot to litefocus_jax safetensors."""
+"""`litefocus-jax convert SRC DST` (also `litefocus-jax-convert`): a diffusers AudioLDM2 snapshot (text-to-audio or
+speech, safetensors or pickled *.bin weights) to litefocus_jax safetensors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from litefocus_jax.weights.state import ConversionError
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="convert_audioldm2",
-        description="Convert a diffusers AudioLDM2 snapshot (or one component folder, e.g. unet/) to litefocus_jax safetensors.",
+        description="Convert a diffusers AudioLDM2 snapshot (or one component folder, e.g. unet/) to litefocus_jax safetensors. "
+        "Speech snapshots (anhnct/audioldm2_gigaspeech, _ljspeech) ship pickled *.bin weights: converting is the only "
+        "step that reads them (torch.load(weights_only=True), so it needs torch); the output loads without torch.",
     )
     parser.add_argument("src", help="diffusers snapshot folder (with model_index.json) or a component folder (with config.json)")
     parser.add_argument("dst", help="output folder (must not exist unless --overwrite)")

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 TINY = "tiny"
+# what every output made with TINY says (summary lines; manifests carry "weights": "random")
+WEIGHTS_NOTE = "RANDOM WEIGHTS: the built-in tiny model is untrained, its audio is noise"
 
 
 def is_tiny(model: str | os.PathLike) -> bool:

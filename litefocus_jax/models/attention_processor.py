@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from litefocus_jax.kernels import sequence_parallel
 from litefocus_jax.kernels.attention import dot_product_attention, litefocus_attention
 from litefocus_jax.litefocus.plan import LevelPlan, LiteFocusConfig
 from litefocus_jax.models.layers import linear
@@ -28,8 +30,11 @@ class LiteFocusCalls:
     indices: jax.Array | None
     cursor: int = 0
 
-    def attend(self, q, k, v, *, grid: tuple[int, int], scale: float, implementation):
-        """LiteFocus attention of (B, N, H, D) q/k/v on a (T, F) token grid with the next index row."""
+    def attend(self, q, k, v, *, grid: tuple[int, int], scale: float, implementation, mesh=None):
+        """LiteFocus attention of (B, N, H, D) q/k/v on a (T, F) token grid with the next index row.
+
+        With `mesh` (a "seq" axis) the time axis is split over it (`kernels/sequence_parallel.py`).
+        """
         if grid != (self.plan.time, self.plan.freq_bins):
             raise ValueError(
                 f"LiteFocus level {self.plan.level!r} was planned for a {self.plan.time}x{self.plan.freq_bins} "
@@ -40,7 +45,8 @@ class LiteFocusCalls:
         row = None if self.indices is None else self.indices[self.cursor]
         self.cursor += 1
         cfg = self.config
-        return litefocus_attention(
+        kernel = litefocus_attention if mesh is None else partial(sequence_parallel.litefocus_attention, mesh=mesh)
+        return kernel(
             q,
             k,
             v,
@@ -109,14 +115,18 @@ class Attention(nnx.Module):
     ) -> jax.Array:
         """x (B, N, C); context (B, M, C_ctx) or None for self-attention; bias additive (B, 1, 1, M).
 
-        With `sparse` (self-attention only) the N = T*F tokens on `grid` = (T, F) attend LiteFocus-style.
+        With `sparse` (self-attention only) the N = T*F tokens on `grid` = (T, F) attend LiteFocus-style. Traced
+        inside `kernels.sequence_parallel.sequence_parallel(mesh)`, self-attention splits its tokens over "seq".
         """
         kv = x if context is None else context
         q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(kv)), self._heads(self.to_v(kv))
         if self.capture_queries is not None and context is None:
             self.sow(nnx.Intermediate, "attention_probs", query_probs(q, k, self.capture_queries, self.scale))
+        mesh = sequence_parallel.current_mesh() if context is None else None
         if sparse is not None and context is None:
-            out = sparse.attend(q, k, v, grid=grid, scale=self.scale, implementation=self.implementation)
+            out = sparse.attend(q, k, v, grid=grid, scale=self.scale, implementation=self.implementation, mesh=mesh)
+        elif mesh is not None and bias is None:
+            out = sequence_parallel.attend(q, k, v, mesh=mesh, scale=self.scale, implementation=self.implementation)
         else:
             out = dot_product_attention(q, k, v, bias=bias, scale=self.scale, implementation=self.implementation)
         return self.to_out[0](out.reshape(*out.shape[:2], -1))

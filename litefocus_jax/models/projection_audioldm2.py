@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -159,6 +160,19 @@ class AudioLDM2ProjectionModel(nnx.Module):
         return jnp.concatenate([h, h1], axis=1), jnp.concatenate([m, m1], axis=1)
 
 
+def _fill_positions(source: Mapping[str, np.ndarray], cfg: ProjectionConfig) -> Mapping[str, np.ndarray]:
+    """A VITS projection checkpoint without `learnable_positional_embedding` (anhnct/audioldm2_ljspeech's file size
+    suggests one) loads with zeros there, as diffusers' from_pretrained leaves the newly initialised parameter."""
+    key = "learnable_positional_embedding"
+    if not cfg.use_learned_position_embedding or key in source:
+        return source
+    warnings.warn(
+        f"{WHAT}: the checkpoint has no {key!r}; using zeros (1, {cfg.text_encoder_1_dim}, {cfg.max_seq_length}), as diffusers does.",
+        stacklevel=3,
+    )
+    return {**source, key: np.zeros((1, cfg.text_encoder_1_dim, cfg.max_seq_length), np.float32)}
+
+
 def _projection_builder(cfg: ProjectionConfig, dtype, seed: int = 0):
     return lambda: AudioLDM2ProjectionModel(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
 
@@ -168,6 +182,7 @@ def convert_projection_model_state(
 ) -> dict[Path_, np.ndarray]:
     """diffusers AudioLDM2ProjectionModel state dict -> flat {NNX path: numpy}, strictly validated."""
     cfg = ProjectionConfig.from_diffusers(config)
+    source = _fill_positions(source, cfg)
     return convert_state(source, _projection_builder(cfg, jnp.float32), what=WHAT, converted=converted, ignore=PROJECTION_IGNORE)
 
 
@@ -175,7 +190,14 @@ def load_projection_model(path: str | os.PathLike, *, dtype=jnp.float32) -> Audi
     """Load AudioLDM2's `projection_model` from its folder, a snapshot root, or the converted form."""
     folder = resolve_component(path, COMPONENT)
     cfg = ProjectionConfig.from_diffusers(read_config(folder))
-    return load_module(folder, _projection_builder(cfg, dtype), dtype=dtype, what=WHAT, ignore=PROJECTION_IGNORE)
+    return load_module(
+        folder,
+        _projection_builder(cfg, dtype),
+        dtype=dtype,
+        what=WHAT,
+        ignore=PROJECTION_IGNORE,
+        prepare=lambda source, converted: _fill_positions(source, cfg),
+    )
 
 
 def init_projection_model(config: Mapping, *, seed: int = 0, dtype=jnp.float32) -> AudioLDM2ProjectionModel:

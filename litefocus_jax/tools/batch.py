@@ -14,10 +14,14 @@ latents and text states split along the batch. Batches are padded (repeating the
 of the device count; padding rows are never written.
 
 Multi-host: under a multi-process launcher (JAX_COORDINATOR_ADDRESS, SLURM with >1 task, Open MPI, a TPU
-pod) `jax.distributed.initialize()` runs first. Item i belongs to process i % process_count; each process
-generates its own items on a mesh of its local devices (data parallelism needs no cross-host traffic, and
-processes never wait for each other, so resumption is per process) and writes its own manifest
-(`manifest.p00001-of-00004.jsonl`); resumption reads all `manifest*.jsonl` files.
+pod) `jax.distributed.initialize()` runs first (tools/fleet.py: timeouts, recoverability, the exit of process
+0). Process k first generates items i with i % process_count == k, then any item nobody holds (a slow or dead
+peer's), on a mesh of its local devices (data parallelism needs no cross-host traffic), and writes its own
+manifest (`manifest.p00001-of-00004.jsonl`); resumption reads all `manifest*.jsonl` files.
+
+Several runs on one folder (a fleet, or the same command in two shells): an item is generated only under its
+claim (`.claims/<index>`, tools/fleet.py::Claims), taken just before its batch and dropped once its manifest
+line is written; a claim whose owner died is taken over. Manifest lines are appended under an exclusive lock.
 
 Seeds: an item without an explicit seed gets `item_seed(seed, index)` (a hash of the global seed and the
 item index); its noise is drawn from fold_in(PRNGKey(item_seed), 0), so its audio does not depend on the
@@ -33,6 +37,7 @@ manifest line adds `candidate` (which one), `clap_score` (its cosine similarity 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -42,10 +47,13 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from litefocus_jax.pipelines.audioldm2.progress import batch_steps
+from litefocus_jax.tools.fleet import Claims
 from litefocus_jax.utils.io import atomic_file
 
 MANIFEST_GLOB = "manifest*.jsonl"
@@ -62,6 +70,7 @@ KEY_FIELDS = (
     "attention",
     "dtype",
     "candidates",  # absent (None) for one candidate, as in manifests written before candidates existed
+    "transcription",  # speech snapshots only; absent (None) for text-to-audio items
 )
 
 
@@ -73,6 +82,7 @@ class Item:
     seconds: float
     seed: int
     line: int | None = None  # 1-based line in the prompts file
+    transcription: str | None = None  # the words to speak (speech snapshots, pipelines/audioldm2/speech.py)
 
 
 @dataclasses.dataclass
@@ -89,6 +99,7 @@ class BatchResult:
     written: list[int] = dataclasses.field(default_factory=list)
     skipped: list[int] = dataclasses.field(default_factory=list)
     failed: list[Failure] = dataclasses.field(default_factory=list)
+    elsewhere: list[int] = dataclasses.field(default_factory=list)  # pending here, but done or held by another run
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
 
@@ -109,9 +120,10 @@ def parse_prompts(
     path: str | os.PathLike, *, seconds: float, negative_prompt: str, seed: int
 ) -> tuple[list[Item], list[Failure]]:
     """Read a prompts file: plain text (one prompt a line) or JSONL (objects with "prompt" and optionally
-    "negative_prompt", "seconds", "seed"); a line starting with "{" is JSON. Blank lines and lines starting
-    with "#" are skipped. Item indices count every prompt line, bad ones too, so fixing a bad line later
-    does not renumber the others. Bad lines come back as failures naming their line number."""
+    "negative_prompt", "seconds", "seed", and for speech snapshots "transcription"); a line starting with "{" is
+    JSON. Blank lines and lines starting with "#" are skipped. Item indices count every prompt line, bad ones too,
+    so fixing a bad line later does not renumber the others. Bad lines come back as failures naming their line
+    number."""
     items, failures = [], []
     text = Path(path).read_text(encoding="utf-8")
     index = 0
@@ -127,9 +139,12 @@ def parse_prompts(
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-                unknown = sorted(set(obj) - {"prompt", "negative_prompt", "seconds", "seed"})
+                unknown = sorted(set(obj) - {"prompt", "negative_prompt", "seconds", "seed", "transcription"})
                 if unknown:
-                    raise ValueError(f"unknown key(s) {unknown}; allowed: prompt, negative_prompt, seconds, seed")
+                    raise ValueError(f"unknown key(s) {unknown}; allowed: prompt, negative_prompt, seconds, seed, transcription")
+                spoken = obj.get("transcription")
+                if spoken is not None and (not isinstance(spoken, str) or not spoken.strip()):
+                    raise ValueError("'transcription' must be a non-empty string (speech snapshots)")
                 prompt = obj.get("prompt")
                 if not isinstance(prompt, str) or not prompt.strip():
                     raise ValueError("'prompt' must be a non-empty string")
@@ -146,7 +161,7 @@ def parse_prompts(
                     s = item_seed(seed, this)
                 elif isinstance(s, bool) or not isinstance(s, int) or not (0 <= s < 2**31):
                     raise ValueError(f"'seed' must be an int in [0, 2**31), got {s!r}")
-                items.append(Item(this, prompt, neg, secs, int(s), number))
+                items.append(Item(this, prompt, neg, secs, int(s), number, spoken))
             else:
                 items.append(Item(this, line, negative_prompt, float(seconds), item_seed(seed, this), number))
         except ValueError as e:
@@ -192,8 +207,10 @@ def read_manifests(out_dir: Path) -> dict[int, dict]:
 
 
 def append_line(path: Path, record: dict) -> None:
-    """Append one JSON line, flushed and fsynced, so a finished item survives a crash right after."""
+    """Append one JSON line, flushed and fsynced, so a finished item survives a crash right after; under an
+    exclusive lock, as two runs in one folder may append to the same manifest."""
     with open(path, "a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -211,29 +228,13 @@ def maybe_initialize_distributed(environ=None) -> bool:
     """Call `jax.distributed.initialize()` when launched by a multi-process launcher; True if it did.
 
     Detected: JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES / JAX_PROCESS_ID), SLURM with more than one
-    task, Open MPI (OMPI_COMM_WORLD_SIZE > 1), a multi-host TPU pod (TPU_WORKER_HOSTNAMES with several hosts).
-    Must run before anything touches the devices.
+    task, Open MPI (OMPI_COMM_WORLD_SIZE > 1), a multi-host TPU pod (TPU_WORKER_HOSTNAMES with several hosts);
+    timeouts from LITEFOCUS_JAX_{INIT,HEARTBEAT,SHUTDOWN}_TIMEOUT (tools/fleet.py). Must run before anything
+    touches the devices.
     """
-    env = os.environ if environ is None else environ
-    multi = (
-        bool(env.get("JAX_COORDINATOR_ADDRESS"))
-        or int(env.get("SLURM_NTASKS", "1") or 1) > 1
-        or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
-        or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-    )
-    if not multi:
-        return False
-    import jax
+    from litefocus_jax.tools.fleet import initialize_distributed
 
-    kwargs = {}
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
-        if env.get("JAX_NUM_PROCESSES"):
-            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-        if env.get("JAX_PROCESS_ID"):
-            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-    jax.distributed.initialize(**kwargs)
-    return True
+    return initialize_distributed(environ)  # ValueError naming the missing setting for a half-set launch
 
 
 def local_mesh():
@@ -244,10 +245,21 @@ def local_mesh():
     return Mesh(np.array(jax.local_devices()), ("data",))
 
 
+def _mesh_words(mesh) -> str:
+    """e.g. "8 device(s)" for a data mesh, "4 device(s), data=1 x seq=4" with sequence parallelism."""
+    shape = dict(mesh.shape)
+    axes = " x ".join(f"{k}={v}" for k, v in shape.items())
+    return f"{mesh.devices.size} device(s)" + (f", {axes}" if "seq" in shape else "")
+
+
 def _test_hooks():
-    """Test-only fault injection (environment): exit hard after N finished items, or NaN for some items."""
+    """Test-only fault injection (environment): exit hard after N finished items, NaN for some items, wait for a
+    file to exist before anything else (a process that starts late); tools/fleet.py: LITEFOCUS_JAX_TEST_KILL."""
     exit_after = os.environ.get("LITEFOCUS_JAX_TEST_EXIT_AFTER")
     nan_items = os.environ.get("LITEFOCUS_JAX_TEST_NAN_ITEMS", "")
+    gate = os.environ.get("LITEFOCUS_JAX_TEST_WAIT_FOR")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.1)
     return (int(exit_after) if exit_after else None), {int(x) for x in nan_items.split(",") if x.strip()}
 
 
@@ -266,6 +278,22 @@ def _pick_best(
         extra = dict(candidate=best, clap_score=float(score[best]), candidate_scores=[float(x) for x in score])
         picks.append((extra, group[best]))
     return picks
+
+
+def _buckets(items: Sequence[Item], frames_of: dict[int, int]) -> dict[int, list[Item]]:
+    buckets: dict[int, list[Item]] = {}
+    for it in items:
+        buckets.setdefault(frames_of[it.index], []).append(it)
+    return buckets
+
+
+def _finished(out: Path, chunk: Sequence[Item]) -> set[int]:
+    """The items of `chunk` that another run finished since this one started; clears their stale temporaries."""
+    done = read_manifests(out)
+    for it in chunk:
+        for stale in out.glob(f".{file_name(it)}.tmp-*"):  # claimed by us now: left by a hard kill mid-write
+            stale.unlink(missing_ok=True)
+    return {it.index for it in chunk if it.index in done and (out / done[it.index]["file"]).is_file()}
 
 
 def run_batch(
@@ -296,6 +324,9 @@ def run_batch(
 
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be an int >= 1, got {candidates!r}.")
+    from litefocus_jax.pipelines.audioldm2.speech import check_items
+
+    check_items(pipe, items)  # transcriptions exactly for a speech snapshot, before anything compiles
     if candidates > 1:
         from litefocus_jax.pipelines.audioldm2.rerank import check_ready
 
@@ -304,15 +335,15 @@ def run_batch(
     out = Path(out_dir)
     result = BatchResult()
     mesh = mesh if mesh is not None else local_mesh()
-    ndev = mesh.devices.size
+    ndev = mesh.shape["data"]  # batch rows split over "data" only; a "seq" axis splits each clip
     exit_after, nan_items = _test_hooks()
 
     done = read_manifests(out)
-    mine = [it for it in items if it.index % process_count == process_index]
     pending = []
-    for it in mine:
+    for it in items:
         rec = done.get(it.index)
         want = dict(settings, prompt=it.prompt, negative_prompt=it.negative_prompt, seed=it.seed, seconds=it.seconds)
+        want["transcription"] = it.transcription
         if rec is not None and any(rec.get(k) != want.get(k) for k in KEY_FIELDS):
             diff = [k for k in KEY_FIELDS if rec.get(k) != want.get(k)]
             raise ValueError(
@@ -320,41 +351,55 @@ def run_batch(
                 "--out-dir, or delete that folder's results to start over."
             )
         if rec is not None and (out / rec["file"]).is_file():
-            result.skipped.append(it.index)
+            if it.index % process_count == process_index:
+                result.skipped.append(it.index)
             continue
-        for stale in out.glob(f".{file_name(it)}.tmp-*"):  # left by a hard kill mid-write
-            stale.unlink(missing_ok=True)
         pending.append(it)
     if result.skipped:
         log(f"resuming: {len(result.skipped)} item(s) already done in {out}, {len(pending)} to go")
 
-    buckets: dict[int, list[Item]] = {}
+    frames_of = {it.index: pipe.latent_frames(it.seconds)[0] for it in pending}
+    # batch shapes from every pending item of a length, so each process compiles the same one program per length
+    shape_items: dict[int, list[Item]] = {}
     for it in pending:
-        buckets.setdefault(pipe.latent_frames(it.seconds)[0], []).append(it)
+        shape_items.setdefault(frames_of[it.index], []).append(it)
+    # first this process's own items, then (a second pass) anyone's that nobody holds: a slow or dead peer's
+    mine = [it for it in pending if it.index % process_count == process_index]
+    passes = [mine, [it for it in pending if it.index % process_count != process_index]]
+    claims = Claims(out, process_index, process_count)
     manifest = manifest_path(out, process_index, process_count)
     compile_before = pipe.compile_seconds
     start = time.perf_counter()
     bar = tqdm(
         total=len(pending),
         unit="item",
-        disable=not progress or not pending,
+        disable=not progress or len(pending) < 2,  # one item: its step bar (below) stands in for this one
         dynamic_ncols=True,
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
     )
     written_now = 0
     try:
-        for frames, bucket in sorted(buckets.items()):
+        for frames, bucket in [(f, b) for todo in passes for f, b in sorted(_buckets(todo, frames_of).items())]:
             n = candidates
-            rows = min(-(-max(batch_size, n) // ndev) * ndev, -(-len(bucket) * n // ndev) * ndev)
+            rows = min(-(-max(batch_size, n) // ndev) * ndev, -(-len(shape_items[frames]) * n // ndev) * ndev)
             per_chunk = max(1, rows // n)  # items per batch; each takes n rows
             rows = -(-per_chunk * n // ndev) * ndev
-            t5_len = max(pipe.t5_length(it.prompt) for it in bucket)
-            for start_i in range(0, len(bucket), per_chunk):
-                chunk = bucket[start_i : start_i + per_chunk]
+            speaking = getattr(pipe, "speech", False)  # speech batches: one pipeline call each (speech.generate_items)
+            t5_len = None if speaking else max(pipe.t5_length(it.prompt) for it in shape_items[frames])
+            queue = list(bucket)
+            while queue:
+                chunk, passed = claims.take_batch(queue, per_chunk, lambda c: _finished(out, c))
+                result.elsewhere += passed
+                bar.update(len(passed))
+                if not chunk:
+                    continue
                 compiled = pipe.compile_seconds
                 each = lambda f: [f(it) for it in chunk for _ in range(n)]  # noqa: E731  item-major rows
                 try:
-                    audios = pipe.generate_items(
+                    from litefocus_jax.pipelines.audioldm2.speech import generate_items as speech_items
+
+                    generate = partial(speech_items, pipe, each(lambda it: it.transcription)) if speaking else None
+                    audios = (generate or pipe.generate_items)(
                         each(lambda it: it.prompt),
                         each(lambda it: it.negative_prompt),
                         each(lambda it: it.seed),
@@ -366,6 +411,7 @@ def run_batch(
                         pad_to=rows,
                         t5_length=t5_len,
                         noise_indices=list(range(n)) * len(chunk),
+                        progress=batch_steps(bar, progress, len(pending) == 1, f"item {chunk[0].index}"),
                     )
                     picks = _pick_best(pipe, chunk, audios, n, per_chunk) if n > 1 else [({}, a) for a in audios]
                 except (ValueError, RuntimeError) as e:  # e.g. a length the UNet cannot take: fail these, go on
@@ -376,7 +422,7 @@ def run_batch(
                 if pipe.compile_seconds > compiled:
                     bar.write(
                         f"compiled for {chunk[0].seconds:g} s items ({frames} latent frames, batch {rows} on "
-                        f"{ndev} device(s)): {pipe.compile_seconds - compiled:.1f} s",
+                        f"{_mesh_words(mesh)}): {pipe.compile_seconds - compiled:.1f} s",
                         file=sys.stderr,
                     )
                 for it, (extra, audio) in zip(chunk, picks):
@@ -401,17 +447,21 @@ def run_batch(
                         negative_prompt=it.negative_prompt,
                         seed=it.seed,
                         seconds=it.seconds,
+                        **({"transcription": it.transcription} if it.transcription is not None else {}),
                         **settings,
                         file=name,
                         sampling_rate=pipe.sampling_rate,
                         samples=int(audio.shape[0]),
                         **extra,
+                        **({"process": process_index} if process_count > 1 else {}),
                     )
                     append_line(manifest, record)
+                    claims.release(it.index)  # done: the manifest line now says so
                     written_now += 1
                     result.written.append(it.index)
                     bar.update(1)
     finally:
+        claims.close()  # failed or unfinished items become free for the next run
         bar.close()
     result.compile_seconds = pipe.compile_seconds - compile_before
     result.run_seconds = time.perf_counter() - start - result.compile_seconds

@@ -58,12 +58,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
 
 
 def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A legacy `*.bin` pickle; needs torch, which only this path uses."""
+    """A legacy `*.bin` pickle (the AudioLDM2 speech checkpoints ship only these), read with
+    `torch.load(weights_only=True)`, which refuses arbitrary objects; only conversion calls it, and only it needs torch."""
     try:
         import torch
     except ImportError as e:
         raise ConversionError(
-            f"{path} is a PyTorch pickle and torch is not installed: install torch, or use a snapshot that has "
+            f"{path} is a PyTorch pickle and torch is not installed: converting it needs torch (CPU is enough: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu), or use a snapshot that has "
             "*.safetensors weights (every cvssp/audioldm2 snapshot does)."
         ) from e
     try:

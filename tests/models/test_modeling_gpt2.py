@@ -130,6 +130,26 @@ def test_generation_traces_inside_an_outer_jit(tiny):
     assert out.shape == (1, 3, TINY["n_embd"]) and err <= REL_TOL
 
 
+def test_speech_length_generation_is_one_scan(tiny):
+    """The speech checkpoints generate 512 states: one prompt pass plus one `lax.scan` of 511 steps, so the program
+    does not grow with max_new_tokens (no Python loop unrolled into it)."""
+    _, _, model = tiny
+    config = dict(build_tiny_gpt2().config.to_dict(), n_positions=600)
+    long = init_gpt2(config)
+    graphdef, state = nnx.split(long)
+    x, mask = make_inputs(batch=1, length=37)
+
+    def program(n):
+        fn = lambda p, x, m: generate_language_model(nnx.merge(graphdef, p), x, m, max_new_tokens=n)  # noqa: E731
+        return jax.make_jaxpr(fn)(nnx.to_pure_dict(state), x, mask)
+
+    text = str(program(512))
+    assert "length=511" in text and text.count("scan[") == 1
+    assert len(str(program(16)).splitlines()) == len(text.splitlines())
+    out = generate_language_model(long, x, mask, max_new_tokens=512)
+    assert out.shape == (1, 512, TINY["n_embd"]) and np.isfinite(np.asarray(out)).all()
+
+
 def test_lm_head_checkpoint_loads_with_prefix_stripped(tiny, tmp_path):
     ref_model, _, model = tiny
     lm = GPT2LMHeadModel(ref_model.config).eval()

@@ -96,6 +96,29 @@ def test_vits_learned_positions_match_diffusers(tmp_path):
         model(clap, t5[:, :5], mask, mask_1[:, :5])
 
 
+def test_vits_checkpoint_without_positions_loads_zeros_as_diffusers(tmp_path):
+    """anhnct/audioldm2_ljspeech's projection file may lack the positional embedding (AUDIOLDM2_TTS.md §1):
+    diffusers then leaves it at its zero init; loading and conversion do the same, with a warning."""
+    from safetensors.torch import load_file, save_file
+
+    ref_model = build_tiny_projection(seed=2, use_learned_position_embedding=True, max_seq_length=7)
+    ref_model.save_pretrained(tmp_path)
+    file = tmp_path / "diffusion_pytorch_model.safetensors"
+    state = load_file(file)
+    del state["learnable_positional_embedding"]
+    save_file(state, file)
+    with pytest.warns(UserWarning, match="no 'learnable_positional_embedding'; using zeros"):
+        model = load_projection_model(tmp_path)
+    assert not np.any(np.asarray(model.learnable_positional_embedding[...]))
+    with torch.no_grad():
+        ref_model.learnable_positional_embedding.zero_()
+    clap, t5, mask, mask_1 = make_inputs(length=7, seed=2)
+    assert rel_err(model(clap, t5, mask, mask_1)[0], torch_out(ref_model, clap, t5, mask, mask_1)[0]) <= REL_TOL
+    with pytest.warns(UserWarning):
+        flat = convert_projection_model_state({k: v.numpy() for k, v in state.items()}, dict(ref_model.config))
+    assert flat[("learnable_positional_embedding",)].shape == (1, 24, 7)
+
+
 def test_embeddings_are_params_at_torch_names(tiny):
     ref_model, _, model = tiny
     params = jax.tree_util.tree_map(np.asarray, nnx.to_pure_dict(nnx.state(model)))

@@ -243,3 +243,36 @@ def test_attention_inputs_are_identical_across_calls():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert a[3].shape == (g["comp_tokens"],) and len(set(a[3].tolist())) == g["comp_tokens"]
+
+
+def test_quick_says_its_weights_are_random(quick):
+    report, out = quick
+    assert report["config"]["weights"].startswith("random")
+    assert "model tiny (random weights)" in (out / "bench.md").read_text()
+
+
+def _report(ms):
+    cfg = dict(dtype="float32", model="tiny", repeats=3, e2e_repeats=1, batch=2)
+    return dict(config=cfg, device=dict(backend="cpu"), machine=dict(cpu_model="test CPU"), measurements=ms)
+
+
+def test_plot_draws_bars_for_one_length_and_lines_for_several():
+    import matplotlib.pyplot as plt
+
+    from litefocus_jax.tools.bench.report import figure
+
+    one = [
+        _fake("unet", "jax-dense:xla", 2.0),
+        _fake("unet", "torch-dense:sdpa", 3.0),
+        _fake("unet", "jax-litefocus-official:xla", 0.0, status="oom"),
+    ]
+    (ax, *_) = figure(_report(one)).axes
+    assert [round(b.get_height(), 6) for b in ax.patches] == [2.0, 3.0, 0.0] and not ax.get_lines()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [m["id"] for m in one]
+    assert {t.get_text() for t in ax.texts} == {"2 s", "3 s", "oom"}  # each bar says its time (or status)
+    assert "run time (s)" in ax.get_ylabel() and "float32, batch 2, model tiny" in ax.get_ylabel() and "80 s" in ax.get_title()
+    several = [_fake("unet", "jax-dense:xla", t, seconds=s) for s, t in ((10.24, 1.0), (20.0, 2.5))]
+    (ax, *_) = figure(_report(several)).axes
+    assert len(ax.get_lines()) == 1 and not ax.patches and ax.get_xlabel() == "audio length (s)"
+    assert "median of 3" in ax.get_ylabel()
+    plt.close("all")

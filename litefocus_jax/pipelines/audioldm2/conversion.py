@@ -9,6 +9,10 @@ folder appears atomically: a failure leaves no output behind. `text_encoder/` ho
 branch, audio branch, projections, logit scales); folders converted by 0.1 hold its text branch only and still load
 for generation, but cannot re-rank (convert again).
 
+Speech snapshots (`anhnct/audioldm2_gigaspeech`, `_ljspeech`; model_index.json names a `VitsModel` as
+text_encoder_2) convert the same way; their `text_encoder_2/` keeps VITS's text encoder only. They ship pickled
+`*.bin` weights: conversion reads those with `torch.load(weights_only=True)` (needs torch), loading never does.
+
     python convert/convert_audioldm2.py SRC DST [--dtype bfloat16] [--overwrite]
 """
 
@@ -26,16 +30,27 @@ from litefocus_jax.models.hifigan import convert_vocoder_state, load_vocoder
 from litefocus_jax.models.modeling_clap_model import convert_clap_state, load_clap
 from litefocus_jax.models.modeling_gpt2 import convert_gpt2_state, load_gpt2
 from litefocus_jax.models.modeling_t5 import convert_t5_encoder_state, load_t5_encoder
+from litefocus_jax.models.modeling_vits import convert_vits_text_encoder_state, load_vits_text_encoder
 from litefocus_jax.models.projection_audioldm2 import convert_projection_model_state, load_projection_model
 from litefocus_jax.models.unet_audioldm2 import convert_unet_state, load_unet
 from litefocus_jax.utils.io import atomic_output_dir
+from litefocus_jax.weights.loading import hub_snapshot, is_repo_id
 from litefocus_jax.weights.state import (
+    TORCH_BIN_WEIGHTS,
     ConversionError,
     find_weights,
     read_config,
     read_weights,
     save_converted,
 )
+
+
+def convert_text_encoder_2_state(source, config):
+    """Flan-T5 encoder (text-to-audio) or the VITS text encoder (speech snapshots), by the config's model_type."""
+    if config.get("model_type") == "vits":
+        return convert_vits_text_encoder_state(source, config)
+    return convert_t5_encoder_state(source, config)
+
 
 # component folder -> (diffusers `_class_name`s or transformers `model_type`s it holds, converter:
 # (tensors, config) -> flat NNX numpy)
@@ -44,7 +59,7 @@ CONVERTERS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "vae": (("AutoencoderKL",), convert_vae_state),
     "vocoder": (("speecht5_hifigan",), convert_vocoder_state),
     "text_encoder": (("clap",), convert_clap_state),  # the whole CLAP: text and audio branches (re-ranking)
-    "text_encoder_2": (("t5",), convert_t5_encoder_state),
+    "text_encoder_2": (("t5", "vits"), convert_text_encoder_2_state),  # vits: speech snapshots (text encoder only)
     "projection_model": (("AudioLDM2ProjectionModel",), convert_projection_model_state),
     "language_model": (("gpt2",), convert_gpt2_state),
 }
@@ -59,22 +74,14 @@ REQUIRED = MODEL_COMPONENTS + ("tokenizer", "tokenizer_2", "scheduler")
 
 
 def resolve_snapshot(path_or_repo_id: str | os.PathLike) -> Path:
-    """A local snapshot folder, or a Hub repo id downloaded (when online); a clear error otherwise."""
+    """A local snapshot folder, or a Hub repo id: downloaded when online, from the Hugging Face cache when offline
+    (HF_HUB_OFFLINE=1); a clear error otherwise."""
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
-    if path.exists() or str(path_or_repo_id).count("/") != 1 or str(path_or_repo_id).startswith((".", "/")):
+    if not is_repo_id(path_or_repo_id):
         raise FileNotFoundError(f"{path} is not a snapshot folder (nor a Hub repo id like 'cvssp/audioldm2').")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(path_or_repo_id)))
-    except Exception as e:  # offline, unknown repo, no access
-        raise FileNotFoundError(
-            f"{path_or_repo_id!r} is neither a local snapshot folder nor a downloadable Hub repo id ({type(e).__name__}: "
-            f"{e}). Download it where you have internet (huggingface-cli download cvssp/audioldm2 --local-dir DIR) "
-            "and pass DIR."
-        ) from e
+    return hub_snapshot(str(path_or_repo_id))
 
 
 def check_snapshot(root: Path) -> dict:
@@ -93,12 +100,37 @@ def check_snapshot(root: Path) -> dict:
     return index
 
 
+def is_speech_snapshot(index: dict) -> bool:
+    """A speech (TTS) snapshot: model_index.json names a VitsModel as text_encoder_2 (anhnct/audioldm2_gigaspeech...)."""
+    entry = index.get("text_encoder_2")
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] == "VitsModel"
+
+
+def check_not_pickled(root: Path) -> None:
+    """Loading reads safetensors only: name the components that ship only PyTorch pickles and how to convert them."""
+    pickled = [
+        name
+        for name in MODEL_COMPONENTS
+        if (root / name).is_dir()
+        and any((root / name / f).is_file() for f in TORCH_BIN_WEIGHTS)
+        and find_weights(root / name)[1].suffix == ".bin"
+    ]
+    if pickled:
+        raise ValueError(
+            f"{root}: {', '.join(pickled)} hold only PyTorch pickles (*.bin), which are never unpickled at load time. "
+            f"Convert the snapshot once (needs torch): litefocus-jax convert {root} CONVERTED_DIR, then load CONVERTED_DIR."
+        )
+
+
 def read_snapshot(root: Path, *, dtype, attention_implementation: str | None = None) -> dict:
     """Every component of a checked snapshot, as `AudioLDM2Pipeline(**components)` keyword arguments: tokenizers,
     models (diffusers or converted weights), the scheduler config, and the CLAP feature extractor (cvssp's settings
     when the snapshot has no feature_extractor/)."""
     from transformers import AutoTokenizer
 
+    check_not_pickled(root)
+    speech = is_speech_snapshot(json.loads((root / "model_index.json").read_text()))
+    load_text_encoder_2 = load_vits_text_encoder if speech else load_t5_encoder
     sched_file = root / "scheduler" / "scheduler_config.json"
     if not sched_file.is_file():
         raise FileNotFoundError(f"{sched_file} is missing.")
@@ -114,7 +146,7 @@ def read_snapshot(root: Path, *, dtype, attention_implementation: str | None = N
         tokenizer_2=tokenizers[1],
         feature_extractor=ClapFeatureExtractor.from_pretrained(fe_dir) if fe_dir.is_dir() else None,
         text_encoder=load_clap(root / "text_encoder", dtype=dtype),
-        text_encoder_2=load_t5_encoder(root / "text_encoder_2", dtype=dtype),
+        text_encoder_2=load_text_encoder_2(root / "text_encoder_2", dtype=dtype),
         projection_model=load_projection_model(root / "projection_model", dtype=dtype),
         language_model=load_gpt2(root / "language_model", dtype=dtype),
         unet=load_unet(root / "unet", dtype=dtype, attention_implementation=attention_implementation),

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from litefocus_jax.litefocus.plan import LiteFocusConfig
+from litefocus_jax.pipelines.audioldm2.progress import run_hooked
 
 
 def shardings(mesh):
@@ -74,6 +75,8 @@ class ItemBatches:
         pad_to: int | None = None,
         t5_length: int | None = None,
         noise_indices: Sequence[int] | None = None,
+        callback=None,
+        progress=False,
     ) -> list[np.ndarray]:
         """One waveform per item, each independent of its batchmates, the batch size and the device count.
 
@@ -92,6 +95,8 @@ class ItemBatches:
           t5_length: pad T5 states to this length (>= every item's own) so a bucket compiles once.
           noise_indices: per item i, draw its noise from fold_in(PRNGKey(seeds[i]), noise_indices[i]) instead of
             index 0: candidate c of `self(prompt, seed=s, num_candidates=N)` is item (prompt, s, noise index c).
+          callback, progress: per denoising step, as in `__call__` (progress may also be a
+            `listener(step, timestep, total)`, see progress.py).
 
         Returns:
           A list of float32 (samples_i,) waveforms, one per item (NaN/Inf are left for the caller to check).
@@ -125,10 +130,12 @@ class ItemBatches:
         cfg = guidance_scale > 1.0
         latent_shape = shapes.pop()
         litefocus, comp = self._comp_schedule(litefocus, latent_shape, num_inference_steps)
-        ndev = 1 if mesh is None else mesh.devices.size
+        ndev = 1 if mesh is None else mesh.shape["data"]  # rows split over "data" only ("seq" splits each clip)
         rows = pad_to or -(-n // ndev) * ndev
         if rows < n or rows % ndev:
-            raise ValueError(f"generate_items: pad_to={pad_to} must be >= {n} items and a multiple of {ndev} devices.")
+            raise ValueError(
+                f'generate_items: pad_to={pad_to} must be >= {n} items and a multiple of {ndev} (the mesh\'s "data" size).'
+            )
 
         # text: every item alone, batch 1 ([negative; positive] rows when guided)
         enc_params = self._params("text_encoder", "text_encoder_2", "projection_model", "language_model")
@@ -182,8 +189,13 @@ class ItemBatches:
         )
         if mesh is not None:
             args = args[:5] + (jax.device_put(args[5], replicated), jax.device_put(args[6], replicated), args[7])
-        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh)
-        final = self._compiled(("denoise", num_inference_steps, cfg, litefocus, float(eta), mesh), denoise, *args)(*args)
+        hooked = callback is not None or bool(progress)
+        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh, hooked=hooked)
+        key = ("denoise", num_inference_steps, cfg, litefocus, float(eta), mesh) + (("hooked",) if hooked else ())
+        if hooked:
+            final = run_hooked(self, key, denoise, args, callback=callback, progress=progress)
+        else:
+            final = self._compiled(key, denoise, *args)(*args)
         decode = self._decode_fn(mesh)
         audio = np.asarray(self._compiled(("decode", mesh), decode, dec_params, final)(dec_params, final))
         return [audio[i, : samples[i]].copy() for i in range(n)]

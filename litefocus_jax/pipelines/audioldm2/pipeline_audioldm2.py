@@ -21,9 +21,11 @@ from flax import nnx
 from litefocus_jax.features.feature_extraction_clap import ClapFeatureExtractor
 from litefocus_jax.litefocus.plan import LiteFocusConfig, make_comp_indices, make_plan
 from litefocus_jax.models.modeling_gpt2 import generate_language_model
+from litefocus_jax.pipelines.audioldm2 import parallel, speech
 from litefocus_jax.pipelines.audioldm2 import rerank as clap_rerank
 from litefocus_jax.pipelines.audioldm2.conversion import check_snapshot, read_snapshot, resolve_snapshot
 from litefocus_jax.pipelines.audioldm2.items import ItemBatches, shardings
+from litefocus_jax.pipelines.audioldm2.progress import StepHook, emit_step, run_hooked
 from litefocus_jax.schedulers.factory import make_scheduler
 
 SCHEDULERS = ("ddim", "dpmsolver++")
@@ -96,6 +98,7 @@ class AudioLDM2Pipeline(ItemBatches):
         self.vocoder_upsample_factor = float(np.prod(vocoder.config.upsample_rates)) / self.sampling_rate
         unet.latent_frame_seconds = self.vae_scale_factor * self.vocoder_upsample_factor
         self.max_new_tokens = int(getattr(language_model.config, "max_new_tokens", 8) or 8)
+        self.speech = speech.is_speech_model(text_encoder_2)  # a TTS snapshot: takes `transcription` (speech.py)
         self.scheduler_config, self.scheduler = dict(scheduler_config), scheduler
         self.dtype = dtype
         self.modules = {
@@ -109,6 +112,7 @@ class AudioLDM2Pipeline(ItemBatches):
         }
         self._unet = unet
         self._jitted: dict = {}
+        self._step_hook = StepHook()  # per-step progress and callbacks (progress.py)
         self._executables: dict = {}  # AOT-compiled stages of generate_items, by (key, argument shapes)
         self._replicated_params: dict = {}  # params placed on a mesh, by (mesh, component names)
         self.compile_seconds, self.compile_count = 0.0, 0  # ahead-of-time compiles of generate_items
@@ -262,12 +266,12 @@ class AudioLDM2Pipeline(ItemBatches):
             branches.append((rep(t5), rep(t5_mask), rep(generated)))
         return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*branches))
 
-    def _denoise_fn(self, num_steps: int, cfg: bool, litefocus, eta: float, mesh=None):
+    def _denoise_fn(self, num_steps: int, cfg: bool, litefocus, eta: float, mesh=None, hooked: bool = False):
         if litefocus is not None:
             # seed, resample and the length rule only shape the index data (made by _comp_schedule): one
             # compiled program serves them all.
             litefocus = dataclasses.replace(litefocus, seed=0, resample="per_call", dense_at_or_below_s=None)
-        key = ("denoise", num_steps, cfg, litefocus, eta, mesh)
+        key = ("denoise", num_steps, cfg, litefocus, eta, mesh) + (("hooked",) if hooked else ())
         if key not in self._jitted:
             graphdef = self.modules["unet"][0]
             timesteps, state0, step_fn, _ = make_scheduler(self.scheduler, self.scheduler_config, num_steps, eta=eta)
@@ -283,6 +287,8 @@ class AudioLDM2Pipeline(ItemBatches):
                     if eta > 0:
                         noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(item_keys)
                     state, x = step_fn(state, eps.astype(x.dtype), i, x, noise)
+                    if hooked:  # off: no callback in the program at all
+                        emit_step(self._step_hook, i, t, len(timesteps), x)
                     return (x, state), None
 
                 n = len(timesteps)  # a DPM "trailing" schedule can hold fewer steps than asked for
@@ -292,6 +298,8 @@ class AudioLDM2Pipeline(ItemBatches):
 
             if mesh is None:
                 self._jitted[key] = jax.jit(denoise)
+            elif "seq" in mesh.axis_names:  # one clip across devices: latents split on time too (parallel.py)
+                self._jitted[key] = jax.jit(parallel.sequence_sharded(denoise, mesh, self))
             else:  # params, guidance, LiteFocus indices replicated; latents, text states and item keys split over "data"
                 rep, data = shardings(mesh)
                 self._jitted[key] = jax.jit(
@@ -311,6 +319,8 @@ class AudioLDM2Pipeline(ItemBatches):
 
             if mesh is None:
                 self._jitted[key] = jax.jit(decode)
+            elif "seq" in mesh.axis_names:
+                self._jitted[key] = jax.jit(parallel.sequence_sharded(decode, mesh, self))
             else:
                 rep, data = shardings(mesh)
                 self._jitted[key] = jax.jit(decode, in_shardings=(rep, data), out_shardings=data)
@@ -322,6 +332,7 @@ class AudioLDM2Pipeline(ItemBatches):
         self,
         prompt: str | Sequence[str],
         *,
+        transcription: str | Sequence[str] | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         audio_length_in_s: float | None = None,
         num_inference_steps: int = 200,
@@ -334,11 +345,17 @@ class AudioLDM2Pipeline(ItemBatches):
         output_latents: bool = False,
         num_candidates: int | None = None,
         rerank: bool = True,
+        max_new_tokens: int | None = None,
+        callback=None,
+        progress: bool = False,
+        mesh=None,
     ) -> AudioLDM2PipelineOutput:
         """Generate audio.
 
         Args:
           prompt: a str or a list of str.
+          transcription: speech snapshots only (required there): the words to speak, a str or one per prompt
+            (speech.py); prompt then describes the voice. max_new_tokens: GPT2 states for speech (default 512).
           negative_prompt: same type and count as prompt; default "" (classifier-free guidance only).
           audio_length_in_s: default unet.sample_size * 4 * 0.01 = 10.24 s. Lengths are rounded up to a
             whole latent frame (0.04 s) and the waveform is trimmed back to the exact length, as diffusers.
@@ -354,6 +371,11 @@ class AudioLDM2Pipeline(ItemBatches):
             subsets use `litefocus.seed`.
           latents: channels-last (B * num_candidates, T, F, C) initial noise (overrides seed).
           litefocus: LiteFocusConfig for sparse UNet self-attention; None = dense.
+          callback: `callback(step, timestep)` on the host after each denoising step (diffusers'
+            `callback_on_step_end` as far as a scan allows: it observes, it cannot change the latents).
+          progress: a tqdm bar over the denoising steps (elapsed, ETA). Either adds a host callback to the scan.
+          mesh: None (one device) or a ("data", "seq") `jax.sharding.Mesh` (`parallel.make_mesh`): the latent time
+            axis is split over "seq", the guidance-doubled batch over "data" (`parallel.py`, README).
 
         Returns:
           AudioLDM2PipelineOutput(audios float32 (B * num_waveforms_per_prompt, samples), sampling_rate, and with
@@ -370,17 +392,29 @@ class AudioLDM2Pipeline(ItemBatches):
             clap_rerank.check_ready(self)  # a text-only CLAP or a mismatched feature extractor fails before generating
         cfg = guidance_scale > 1.0
         litefocus, comp = self._comp_schedule(litefocus, shape[1:], num_inference_steps)
+        parallel.check_length(self, shape[1], mesh)  # a mesh's length rule fails before encoding
 
-        t5, t5_mask, generated = self.encode_prompt(prompts, negatives, num_candidates, cfg)
+        transcriptions = speech.check_transcription(self, transcription, prompts, max_new_tokens)
+        if transcriptions is None:
+            t5, t5_mask, generated = self.encode_prompt(prompts, negatives, num_candidates, cfg)
+        else:  # VITS states and mask in the T5 slots: the TTS UNet never reads them (speech.py)
+            t5, t5_mask, generated = speech.encode_prompt(
+                self, prompts, negatives, transcriptions, num_candidates, cfg, max_new_tokens
+            )
         item_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(shape[0]))
         if latents is None:
             latents = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(item_keys)
         latents = jnp.asarray(latents, self.dtype)
-        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta))
-        final = denoise(
-            self.modules["unet"][1], latents, t5, t5_mask, generated, jnp.asarray(guidance_scale, jnp.float32), comp, item_keys
-        )
-        audio = self._decode_fn()(self._params("vae", "vocoder"), final)
+        hooked = callback is not None or bool(progress)
+        denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh, hooked=hooked)
+        unet_params = parallel.params(self, mesh, "unet")["unet"]
+        args = (unet_params, latents, t5, t5_mask, generated, jnp.asarray(guidance_scale, jnp.float32), comp, item_keys)
+        if hooked:
+            key = ("denoise", num_inference_steps, cfg, litefocus, float(eta), mesh, "hooked")
+            final = run_hooked(self, key, denoise, args, callback=callback, progress=progress)
+        else:
+            final = denoise(*args)
+        audio = self._decode_fn(mesh)(parallel.params(self, mesh, "vae", "vocoder"), final)
         audio = np.asarray(audio)[:, :samples]
         final = np.asarray(final, np.float32) if output_latents else None
         scores = chosen = None

@@ -128,7 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch intra-op threads (default: the CPUs XLA uses, i.e. this process's CPU affinity)",
     )
-    p.add_argument("--model", choices=MODELS, default=None, help="geometry, random weights (default audioldm2; --quick: tiny)")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default=None,
+        help="geometry, random weights built in-process, no download (default audioldm2; --quick: tiny, the demo's tiny "
+        "VAE, vocoder and text stack with a two-level UNet)",
+    )
     p.add_argument(
         "--isolation",
         choices=("subprocess", "none"),
@@ -199,6 +205,7 @@ def make_config(args, env: dict) -> dict:
         repeats=args.repeats,
         e2e_repeats=args.e2e_repeats,
         model=args.model,
+        weights="random: every model's weights are drawn in-process (no download); timings only",
         backend=backend,
         jax_impls=args.jax_impls or default_jax_impls(backend),
         torch=torch_peers_config(args.no_torch),
@@ -273,7 +280,8 @@ def main(argv=None) -> int:
         print(f"error: cannot create --out-dir {out_dir}: {e}", file=sys.stderr)
         return 2
     print(
-        f"benchmark on {env['device']['backend']} ({env['device']['device_kind']}), {cfg['dtype']}, model {cfg['model']}, "
+        f"benchmark on {env['device']['backend']} ({env['device']['device_kind']}), {cfg['dtype']}, model {cfg['model']} "
+        f"(RANDOM WEIGHTS, built in-process: timings only), "
         f"torch peers {'on' if cfg['torch']['enabled'] else 'off: ' + cfg['torch']['reason']}; writing {out_dir}",
         file=sys.stderr,
     )

@@ -1,5 +1,5 @@
 """The benchmark's outputs: bench.json, bench.md (one table per scope and sampler) and bench.png (time against
-length, log-log), each written atomically."""
+length, log-log; a bar per implementation when a panel has one length), each written atomically."""
 
 from __future__ import annotations
 
@@ -98,36 +98,75 @@ def _panel_title(key: tuple) -> str:
     return {"attention": "level-1 attention call", "unet": "UNet call (batch 2)"}.get(scope, f"e2e, {scheduler} x {steps} steps")
 
 
-def plot(report: dict, path: Path) -> None:
-    """Run time against audio length per implementation, log-log, one panel per table."""
+def _axis_label(key: tuple, cfg: dict) -> str:
+    """The y axis: what is timed, the statistic and the unit, and the configuration that sets the time."""
+    repeats = cfg["e2e_repeats"] if key[0] == "e2e" else cfg["repeats"]
+    stat = f"median of {repeats} runs" if repeats > 1 else "one run"  # after a warm-up run, compile excluded
+    return f"run time (s), {stat}\n{cfg['dtype']}, batch {cfg.get('batch', 2)}, model {cfg['model']}"
+
+
+def _lines(ax, key: tuple, ms: list[dict], cfg: dict) -> None:
+    """Several lengths: run time against audio length, log-log, one line per implementation."""
+    for impl_id in dict.fromkeys(m["id"] for m in ms):
+        ok = [m for m in ms if m["id"] == impl_id and m["status"] == "ok"]
+        if ok:
+            ax.plot(
+                [m["seconds"] for m in ok],
+                [m["run_s"] for m in ok],
+                marker="o",
+                label=impl_id,
+                linestyle="--" if ok[0]["impl"]["framework"] == "torch" else "-",
+            )
+    ax.set(xscale="log", yscale="log", xlabel="audio length (s)", ylabel=_axis_label(key, cfg), title=_panel_title(key))
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=7)
+
+
+def _bars(ax, key: tuple, ms: list[dict], cfg: dict) -> None:
+    """One length: a line would be a single point per implementation, so one bar each, its time written on it;
+    a failed measurement gets an empty slot labelled with its status."""
+    ids = list(dict.fromkeys(m["id"] for m in ms))
+    by_id = {m["id"]: m for m in ms}
+    heights = [by_id[i]["run_s"] if by_id[i]["status"] == "ok" else 0.0 for i in ids]
+    colors = ["tab:orange" if by_id[i]["impl"]["framework"] == "torch" else "tab:blue" for i in ids]
+    bars = ax.bar(range(len(ids)), heights, color=colors)
+    labels = [f"{h:.3g} s" if by_id[i]["status"] == "ok" else by_id[i]["status"] for i, h in zip(ids, heights)]
+    ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(range(len(ids)), ids, rotation=25, ha="right", fontsize=7)
+    seconds = ms[0]["seconds"]
+    ax.set(ylabel=_axis_label(key, cfg), title=f"{_panel_title(key)}, {seconds:g} s of audio")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def figure(report: dict):
+    """The matplotlib figure of bench.png: one panel per table, run time against audio length per implementation
+    (log-log), or, when the panel has a single length, a bar per implementation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cfg = report["config"]
     groups = table_groups(report["measurements"])
     cols = min(max(len(groups), 1), 2)
     rows = math.ceil(max(len(groups), 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.8 * rows), squeeze=False)
     for ax, (key, ms) in zip(axes.flat, groups.items()):
-        for impl_id in dict.fromkeys(m["id"] for m in ms):
-            ok = [m for m in ms if m["id"] == impl_id and m["status"] == "ok"]
-            if ok:
-                ax.plot(
-                    [m["seconds"] for m in ok],
-                    [m["run_s"] for m in ok],
-                    marker="o",
-                    label=impl_id,
-                    linestyle="--" if ok[0]["impl"]["framework"] == "torch" else "-",
-                )
-        ax.set(xscale="log", yscale="log", xlabel="audio length (s)", ylabel="median run time (s)", title=_panel_title(key))
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
+        draw = _bars if len({m["seconds"] for m in ms}) == 1 else _lines
+        draw(ax, key, ms, cfg)
     for ax in list(axes.flat)[len(groups) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{device_name(report)}, {report['config']['dtype']}, model {report['config']['model']} (random weights)")
+    fig.suptitle(f"{device_name(report)}, {cfg['dtype']}, model {cfg['model']} (random weights: timings only)")
     fig.tight_layout()
+    return fig
+
+
+def plot(report: dict, path: Path) -> None:
+    """Write `figure(report)` to `path` as PNG."""
+    fig = figure(report)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
     atomic_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
