@@ -47,7 +47,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -384,7 +383,7 @@ def run_batch(
             rows = min(-(-max(batch_size, n) // ndev) * ndev, -(-len(shape_items[frames]) * n // ndev) * ndev)
             per_chunk = max(1, rows // n)  # items per batch; each takes n rows
             rows = -(-per_chunk * n // ndev) * ndev
-            speaking = getattr(pipe, "speech", False)  # speech batches: one pipeline call each (speech.generate_items)
+            speaking = getattr(pipe, "speech", False)  # speech items carry a transcription (pipelines/audioldm2/speech.py)
             t5_len = None if speaking else max(pipe.t5_length(it.prompt) for it in shape_items[frames])
             queue = list(bucket)
             while queue:
@@ -396,10 +395,7 @@ def run_batch(
                 compiled = pipe.compile_seconds
                 each = lambda f: [f(it) for it in chunk for _ in range(n)]  # noqa: E731  item-major rows
                 try:
-                    from litefocus_jax.pipelines.audioldm2.speech import generate_items as speech_items
-
-                    generate = partial(speech_items, pipe, each(lambda it: it.transcription)) if speaking else None
-                    audios = (generate or pipe.generate_items)(
+                    audios = pipe.generate_items(
                         each(lambda it: it.prompt),
                         each(lambda it: it.negative_prompt),
                         each(lambda it: it.seed),
@@ -412,6 +408,7 @@ def run_batch(
                         t5_length=t5_len,
                         noise_indices=list(range(n)) * len(chunk),
                         progress=batch_steps(bar, progress, len(pending) == 1, f"item {chunk[0].index}"),
+                        transcriptions=each(lambda it: it.transcription) if speaking else None,
                     )
                     picks = _pick_best(pipe, chunk, audios, n, per_chunk) if n > 1 else [({}, a) for a in audios]
                 except (ValueError, RuntimeError) as e:  # e.g. a length the UNet cannot take: fail these, go on

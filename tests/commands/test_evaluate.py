@@ -159,3 +159,23 @@ def test_table_has_one_row_per_length_and_setting(tmp_path):
     assert "RANDOM" not in md and "`mean`" in md and "- IS: too few" in md
     files = write_report(tmp_path, result, plot=True)
     assert [f.name for f in files] == ["results.json", "results.md", "results.png"]
+
+
+def test_evaluate_convert_checks_its_inputs_and_refuses_a_wrong_checkpoint(tmp_path, capsys):
+    """`evaluate convert` (the official pickles -> safetensors folders; the converters themselves are tested in
+    tests/models at tiny widths): nothing to do, a missing file, an existing destination, and a pickle that is not
+    the official layout all exit 2 with the reason, and leave no folder behind."""
+    import torch
+
+    assert main(["evaluate", "convert", "--out", str(tmp_path / "o")]) == 2
+    assert "give --vggish and/or --panns" in capsys.readouterr().err
+    assert main(["evaluate", "convert", "--vggish", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")]) == 2
+    assert "none.pth does not exist" in capsys.readouterr().err
+    (tmp_path / "o" / "vggish").mkdir(parents=True)
+    torch.save({"features.0.weight": torch.zeros(2, 1, 3, 3)}, tmp_path / "vggish-10086976.pth")
+    assert main(["evaluate", "convert", "--vggish", str(tmp_path / "vggish-10086976.pth"), "--out", str(tmp_path / "o")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["evaluate", "convert", "--vggish", str(tmp_path / "vggish-10086976.pth"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "features.0.weight" in err or "features.0.bias" in err, err
+    assert not (tmp_path / "p" / "vggish").exists()

@@ -200,10 +200,20 @@ def test_batch_jsonl_transcriptions_and_manifest(tiny, tmp_path, monkeypatch):
 def test_litefocus_default_on_the_speech_unet(tiny):
     """The default levels=(1,) on the speech UNet ([None, 16]: two transformers per ResNet, three self-attentions):
     level 1 is down_blocks[1] (1 ResNet here) + up_blocks[2] (2): 9 sparse calls per UNet call (real checkpoint:
-    15, tests/litefocus); the generation path is the text-to-audio one (manual run: finite, and ratio 1 "exact"
-    equals dense to 2.5e-6)."""
+    15, tests/litefocus). Through the speech pipeline, ratio 1 in "exact" mode (every key once) equals dense, and
+    the default ratio 0.1 changes the audio."""
     _, _, pipe = tiny
     plan = make_plan(pipe.unet_config, LiteFocusConfig(), (1, 64, 16, 8))
     assert [(lp.level, lp.calls, lp.time, lp.freq_bins, lp.comp_tokens) for lp in plan.levels] == [(1, 9, 32, 8, 25)]
     real = make_plan(UNetConfig.from_diffusers(unet_config("audioldm2-tts")), LiteFocusConfig(), (1, 2000, 16, 8))
     assert [(lp.level, lp.calls) for lp in real.levels] == [(1, 15)]
+
+    kwargs = dict(audio_length_in_s=SECONDS, num_inference_steps=2, max_new_tokens=MAX_NEW, rerank=False, seed=3)
+    dense = pipe(PROMPTS[:1], transcription=TRANSCRIPTIONS[:1], **kwargs).audios
+    full = pipe(PROMPTS[:1], transcription=TRANSCRIPTIONS[:1], litefocus=LiteFocusConfig(ratio=1.0, duplicates="exact"), **kwargs)
+    sparse = pipe(PROMPTS[:1], transcription=TRANSCRIPTIONS[:1], litefocus=LiteFocusConfig(), **kwargs).audios
+    print(
+        f"speech LiteFocus: ratio 1 exact vs dense {rel_l2(full.audios, dense):.2e}, ratio 0.1 vs dense {rel_l2(sparse, dense):.2e}"
+    )
+    assert rel_l2(full.audios, dense) <= 1e-5
+    assert np.isfinite(sparse).all() and rel_l2(sparse, dense) > 1e-3

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from litefocus_jax.litefocus.plan import LiteFocusConfig
+from litefocus_jax.pipelines.audioldm2 import speech
 from litefocus_jax.pipelines.audioldm2.progress import run_hooked
 
 
@@ -77,6 +78,8 @@ class ItemBatches:
         noise_indices: Sequence[int] | None = None,
         callback=None,
         progress=False,
+        transcriptions: Sequence[str] | None = None,
+        max_new_tokens: int | None = None,
     ) -> list[np.ndarray]:
         """One waveform per item, each independent of its batchmates, the batch size and the device count.
 
@@ -97,6 +100,8 @@ class ItemBatches:
             index 0: candidate c of `self(prompt, seed=s, num_candidates=N)` is item (prompt, s, noise index c).
           callback, progress: per denoising step, as in `__call__` (progress may also be a
             `listener(step, timestep, total)`, see progress.py).
+          transcriptions, max_new_tokens: speech snapshots (one transcription per item, required there): each
+            item's CLAP + VITS + GPT2 states come from `speech.encode_prompt`, as in `__call__(transcription=...)`.
 
         Returns:
           A list of float32 (samples_i,) waveforms, one per item (NaN/Inf are left for the caller to check).
@@ -139,8 +144,13 @@ class ItemBatches:
 
         # text: every item alone, batch 1 ([negative; positive] rows when guided)
         enc_params = self._params("text_encoder", "text_encoder_2", "projection_model", "language_model")
+        spoken = speech.check_transcription(self, transcriptions, list(prompts), max_new_tokens)
         per_item = []
-        for p, neg in zip(prompts, negative_prompts):
+        for i, (p, neg) in enumerate(zip(prompts, negative_prompts)):
+            if spoken is not None:  # speech: VITS states in the T5 slots (the TTS UNet never reads them)
+                halves = speech.encode_prompt(self, [p], [neg], [spoken[i]], 1, cfg, max_new_tokens)
+                per_item.append([tuple(np.asarray(h[b : b + 1]) for h in halves) for b in range(2 if cfg else 1)])
+                continue
             tokens = self._tokens([p], [neg], cfg)
             branches = []
             for key in ("neg", "pos") if cfg else ("pos",):

@@ -155,65 +155,6 @@ def encode_prompt(
     return tuple(jnp.concatenate([rep(h) for h in parts]) for parts in halves)
 
 
-def generate_items(
-    pipe,
-    transcriptions: Sequence[str],
-    prompts: Sequence[str],
-    negative_prompts: Sequence[str],
-    seeds: Sequence[int],
-    audio_length_in_s: float | Sequence[float],
-    *,
-    num_inference_steps: int = 200,
-    guidance_scale: float = 3.5,
-    litefocus=None,
-    eta: float = 0.0,
-    noise_indices: Sequence[int] | None = None,
-    callback=None,
-    progress=False,
-    max_new_tokens: int | None = None,
-    **_batch_layout,
-) -> list[np.ndarray]:
-    """`ItemBatches.generate_items` for speech items (tools/batch.py): one waveform per item.
-
-    The items (one latent length) run as one `pipe(prompts, transcription=..., negative_prompt=..., latents=...)`
-    call, item i's noise drawn from fold_in(PRNGKey(seeds[i]), noise_indices[i] or 0) as in `generate_items`, so
-    item i equals `pipe(prompts[i], transcription=transcriptions[i], seed=seeds[i], ...)` up to float rounding
-    (rows are independent: VITS states are always padded to the tokenizer's length). Each waveform is trimmed to
-    its own length. The layout arguments (mesh, pad_to, t5_length) are accepted and unused: speech batches run on
-    one device, and their compiles are not counted in `pipe.compile_seconds`. With eta > 0 the DDIM noise is the
-    pipeline call's (seed 0), not per item.
-    """
-    n = len(prompts)
-    lengths = (
-        [float(audio_length_in_s)] * n if isinstance(audio_length_in_s, (int, float)) else [float(x) for x in audio_length_in_s]
-    )
-    folds = [int(i) for i in noise_indices] if noise_indices is not None else [0] * n
-    if not (n and len(transcriptions) == len(negative_prompts) == len(seeds) == len(lengths) == len(folds) == n):
-        raise ValueError(f"speech generate_items: give one transcription, negative prompt, seed and length per prompt ({n}).")
-    frames = {pipe.latent_frames(x)[0] for x in lengths}
-    if len(frames) != 1:
-        raise ValueError(f"speech generate_items: lengths {sorted(set(lengths))} fall into different latent lengths.")
-    shape = pipe._check_call(list(prompts), list(negative_prompts), max(lengths), num_inference_steps, guidance_scale, 1, None)[2]
-    keys = [jax.random.fold_in(jax.random.PRNGKey(int(s)), i) for s, i in zip(seeds, folds)]
-    latents = jnp.stack([jax.random.normal(k, shape[1:], jnp.float32) for k in keys])
-    result = pipe(
-        list(prompts),
-        transcription=list(transcriptions),
-        negative_prompt=list(negative_prompts),
-        audio_length_in_s=max(lengths),
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        latents=latents,
-        litefocus=litefocus,
-        eta=eta,
-        rerank=False,
-        max_new_tokens=max_new_tokens,
-        callback=callback,
-        progress=progress,
-    )
-    return [result.audios[r, : int(x * pipe.sampling_rate)].copy() for r, x in enumerate(lengths)]
-
-
 def check_items(pipe, items) -> None:
     """Batch items (tools/batch.py `Item`s) fit the pipeline: every item has a transcription on a speech snapshot,
     none on a text-to-audio one; a clear error naming the first offending item otherwise."""
