@@ -19,7 +19,7 @@ from tiny_pipeline import save_tiny_pipeline
 ROOT = Path(__file__).resolve().parents[2]
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
-# Loads by Hub id (each entry point once, each form once); prints one JSON line of findings.
+# Loads by Hub id (the pipeline and load_unet from both forms, the CLI from the converted one); prints one JSON line.
 CHECK = """
 import json, sys
 import numpy as np, jax
@@ -31,6 +31,9 @@ from litefocus_jax.pipelines.audioldm2.pipeline_audioldm2 import AudioLDM2Pipeli
 
 pipe = AudioLDM2Pipeline.from_pretrained("org/tiny")
 unet = nnx.to_pure_dict(nnx.state(load_unet("org/tiny-converted")))
+unet_diffusers = nnx.to_pure_dict(nnx.state(load_unet("org/tiny")))
+pipe_converted = AudioLDM2Pipeline.from_pretrained("org/tiny-converted")
+same = lambda a, b: all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b)))
 try:
     AudioLDM2Pipeline.from_pretrained("org/absent")
     missing = None
@@ -39,7 +42,9 @@ except FileNotFoundError as e:
 cli = main(["generate", "a dog barks", "--model", "org/tiny-converted", "--out-dir", sys.argv[1], "--seconds", "0.0005"])
 print(json.dumps(dict(
     snapshots=[str(resolve_snapshot(name)) for name in ("org/tiny", "org/tiny-converted")],
-    same_unet=all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, unet, pipe.modules["unet"][1]))),
+    same_unet=same(unet, pipe.modules["unet"][1]),
+    same_unet_diffusers=same(unet_diffusers, pipe.modules["unet"][1]),
+    same_pipe_converted=all(same(pipe_converted.modules[k][1], pipe.modules[k][1]) for k in pipe.modules),
     missing=missing,
     cli=cli,
 )))
@@ -90,8 +95,8 @@ def test_hub_ids_load_offline_from_the_cache(hub):
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     cache = hub / "hf_home" / "hub"
     assert found["snapshots"] == [str(cache / f"models--org--{n}" / "snapshots" / REVISION) for n in ("tiny", "tiny-converted")]
-    # the pipeline (diffusers form) and load_unet (converted form), both by id: the same UNet parameters
-    assert found["same_unet"]
+    # the pipeline and load_unet, each from the diffusers and the converted form by id: the same parameters
+    assert found["same_unet"] and found["same_unet_diffusers"] and found["same_pipe_converted"]
     assert "org/absent" in found["missing"] and "Hugging Face cache" in found["missing"]
     # the CLI loaded the converted form by id; its only item is shorter than a latent frame, so nothing compiles
     assert found["cli"] == 1 and "loaded org/tiny-converted in" in proc.stderr and "below one latent frame" in proc.stderr
