@@ -14,10 +14,11 @@ its liveness file (`.claims/alive-<host>-<pid>`, touched every min(30, stale/4) 
 LITEFOCUS_JAX_CLAIM_STALE_S (default 300 s). So a process that finished its own items goes on with items nobody
 holds, including a dead peer's, and an uneven fleet evens out.
 
-Why the exit matters: process 0 hosts JAX's coordination service, and every other process aborts (SIGABRT) the
-moment it disappears (measured, jax 0.10.2). So at exit, process 0 waits until the others have left (finished or
-died; the service drops a dead peer within seconds) before it goes. A dead process 0 still aborts the others;
-their finished items are on disk, and re-running the same command resumes.
+Why no process takes the others down: JAX's coordination service, which every process needs while it runs, is
+hosted by a child process of process 0 (tools/coordination.py) that serves until every process has left, whether
+process 0 exited or died; with JAX's recoverability on, a process that dies or finishes early is dropped and the
+others carry on. Where JAX lacks the runtime API for that, the service stays in process 0, which then waits for
+the others at exit (they would abort without it), and a dead process 0 still aborts the others.
 """
 
 from __future__ import annotations
@@ -124,11 +125,27 @@ def initialize_distributed(environ: Mapping[str, str] | None = None, log: Callab
         return False
     import jax
 
+    from litefocus_jax.tools import coordination
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     jax.config.update("jax_enable_recoverability", True)
-    jax.distributed.initialize(**kwargs)
-    # registered after JAX's own exit hook, so it runs first: the service outlives every peer
-    atexit.register(wait_for_peers, log=log or (lambda m: print(m, file=sys.stderr, flush=True)))
+    if coordination.supported():
+        with coordination.service_elsewhere(log):
+            jax.distributed.initialize(**kwargs)
+    else:
+        log("no JAX runtime API to host the coordination service apart: process 0 hosts it, and waits at exit")
+        jax.distributed.initialize(**kwargs)
+    # registered after JAX's own exit hook, so it runs first
+    atexit.register(_exit_wait, log=log)
     return True
+
+
+def _exit_wait(log: Callable[[str], None]) -> None:
+    """At exit: process 0 waits for the others only where it hosts the service itself (its exit would abort them)."""
+    from litefocus_jax.tools import coordination
+
+    if coordination.service_process() is None:
+        wait_for_peers(log)
 
 
 def live_peers() -> list[int]:
@@ -151,16 +168,20 @@ _waited = []
 
 
 def wait_for_peers(log: Callable[[str], None], poll: float = 0.5) -> None:
-    """On process 0, block until every other process has left (finished or died): it hosts the service."""
+    """On process 0, block until every other process has left (finished or died)."""
     import jax
+
+    from litefocus_jax.tools import coordination
 
     if jax.process_index() != 0 or jax.process_count() == 1 or _waited:
         return
-    log("process 0 hosts the coordination service: waiting for the other processes to finish")
+    log("process 0: waiting for the other processes to finish")
     errors = 0
     while errors < 3:  # the query blocked 200 s without a deadline (measured); retry one that fails anyway
         try:
             if not live_peers():
+                if service := coordination.service_process():
+                    service.peers_gone = True  # nobody left to serve: it may stop when this process exits
                 break
             errors = 0
         except Exception as e:

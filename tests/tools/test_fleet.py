@@ -1,6 +1,7 @@
 """Several generators on one folder (litefocus_jax.tools.fleet): launcher settings, item claims, two shells
-running the same command, and a 2-process `jax.distributed` fleet on localhost whose peer is SIGKILLed, whose
-members finish seconds apart (timeouts shortened by environment), then resumed."""
+running the same command, and a 3-process `jax.distributed` fleet on localhost whose process 0 (the one that
+starts JAX's coordination service) and process 1 are SIGKILLed, then resumed with members finishing seconds apart
+(timeouts shortened by environment)."""
 
 from __future__ import annotations
 
@@ -184,19 +185,38 @@ def test_claims_exclusive_and_taken_over_from_dead_owners(tmp_path):
 
 @pytest.fixture(scope="module")
 def killed_fleet(setup, tmp_path_factory):
-    """A 2-process launch whose process 1 is SIGKILLed while it holds the claims of its first batch:
-    (out dir, [(returncode, stderr)] of processes 0 and 1)."""
+    """A 3-process launch whose processes 0 and 1 are SIGKILLed while they hold the claims of their first batch:
+    (out dir, [(returncode, stderr)] of processes 0, 1 and 2)."""
     out = tmp_path_factory.mktemp("fleet_out")
-    return out, fleet(setup, out, [{}, {"LITEFOCUS_JAX_TEST_KILL": "claimed"}])
+    kill = {"LITEFOCUS_JAX_TEST_KILL": "claimed"}
+    return out, fleet(setup, out, [kill, kill, {}])
 
 
-def test_fleet_survives_dead_peer_and_uneven_finishes_then_resumes(setup, killed_fleet):
-    # 1. process 0 does its own items, takes over process 1's (their owner is dead), says who wrote what, and
-    # exits 0 by itself
-    out, ((rc0, err0), (rc1, err1)) = killed_fleet
-    assert rc1 == -signal.SIGKILL and "process 1 of 2" in err1, err1[-2000:]
-    assert rc0 == 0 and "written 5, skipped (already done) 0, failed 0" in err0, err0[-3000:]
-    assert "fleet of 2 processes, 5 item(s):\n  process 0: 5 item(s) 0-4\n" in err0
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True  # exited, not yet reaped
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_fleet_survives_dead_peers_and_uneven_finishes_then_resumes(setup, killed_fleet):
+    # 1. process 2 does its own item, takes over those of the dead processes 0 and 1, and exits 0: the death of
+    # process 0 takes nobody down, as the coordination service runs in a child of process 0 that outlives it
+    # (tools/coordination.py) and leaves once the others have
+    out, ((rc0, err0), (rc1, err1), (rc2, err2)) = killed_fleet
+    assert rc0 == rc1 == -signal.SIGKILL and "process 1 of 3" in err1, (err0[-2000:], err1[-2000:])
+    assert rc2 == 0 and "written 5, skipped (already done) 0, failed 0" in err2, err2[-3000:]
+    service = int(re.search(r"coordination service for 3 processes on \S+: pid (\d+)", err0).group(1))
+    assert _gone(service, 30)
     assert manifest_indices(out) == ALL and len(list(out.glob("*.wav"))) == 5  # each item once
     # 2. a resume as 3 processes with nothing left to do, process 1 held back until process 2 has left and
     # process 0 has waited 4 s (> the 2 s shutdown and 3 s heartbeat timeouts) for it: process 0 waits instead
@@ -217,6 +237,7 @@ def test_fleet_survives_dead_peer_and_uneven_finishes_then_resumes(setup, killed
     assert [rc for rc, _ in results] == [0, 0, 0], [err[-2000:] for _, err in results]
     for (_, err), own in zip(results, (2, 2, 1)):  # items i % 3 == k
         assert f"written 0, skipped (already done) {own}, failed 0" in err
+    assert "fleet of 3 processes, 5 item(s):\n  process 2: 5 item(s) 0-4\n" in results[0][1]  # who wrote what
     assert "missing" not in results[0][1]
     assert manifest_indices(out) == ALL and not list((out / ".claims").glob("0*"))  # each item once
 
