@@ -176,6 +176,7 @@ def test_batch_jsonl_transcriptions_and_manifest(tiny, tmp_path, monkeypatch):
     run = dict(settings=settings, num_inference_steps=2, guidance_scale=3.5, batch_size=2, progress=False, log=lambda *_: None)
     result = run_batch(pipe, items, tmp_path / "out", save_npy_too=True, **run)
     assert sorted(result.written) == [0, 1] and not result.failed
+    assert any(sig[0][0] == "encode_speech" for sig in pipe._executables)  # its compile is in compile_seconds
     records = read_manifests(tmp_path / "out")
     assert [records[i]["transcription"] for i in (0, 1)] == TRANSCRIPTIONS
     noise = [jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(s), 0), (64, 16, 8)) for s in (11, 12)]
