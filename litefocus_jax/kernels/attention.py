@@ -9,7 +9,8 @@ computed here in the row-batched form of ../shared/reference/LITEFOCUS.md §4: r
 into F rows of T tokens (a reshape, no gather), append the K gathered compensation keys to every row, and
 run one dense attention with batch B*F, query length T and key length S = T + K. That is exact (one joint
 softmax over [row keys | gathered keys]), costs (1/F + K/N) of dense attention and never forms an N x N
-array. "exact" mode drops, per row, the gathered keys of that row: a (B*F, S) key keep flag.
+array. "exact" mode drops, per row, the gathered keys of that row: a (B*F, S) key keep flag. `litefocus_rows` is
+that row form, for a block of whole-frame queries against all keys (the sequence-parallel kernel uses it too).
 
 Every attention therefore reduces to one call shape: q (B, Nq, H, D), k/v (B, Nk, H, D) and at most a
 per-(batch row, key) keep flag. `implementation=None` picks its kernel from the platform the program is
@@ -169,12 +170,65 @@ def litefocus_attention(
     Returns:
       (B, N, H, D) in the dtype of q.
     """
-    if cross_frequency and comp_index is not None:
-        comp_index = jnp.asarray(comp_index)
-    _validate(q, k, v, freq_bins, comp_index, duplicates, same_frequency, cross_frequency, implementation)
+    comp_index = check_litefocus_args(
+        q,
+        k,
+        v,
+        freq_bins=freq_bins,
+        comp_index=comp_index,
+        duplicates=duplicates,
+        same_frequency=same_frequency,
+        cross_frequency=cross_frequency,
+        implementation=implementation,
+    )
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    return litefocus_rows(
+        q,
+        k,
+        v,
+        freq_bins=freq_bins,
+        comp_index=comp_index,
+        duplicates=duplicates,
+        same_frequency=same_frequency,
+        cross_frequency=cross_frequency,
+        scale=scale,
+        implementation=implementation,
+    )
 
+
+def litefocus_rows(
+    q,
+    k,
+    v,
+    *,
+    freq_bins: int,
+    comp_index,
+    duplicates: Duplicates = "official",
+    same_frequency: bool = True,
+    cross_frequency: bool = True,
+    scale: float,
+    implementation: Implementation = None,
+):
+    """The LiteFocus row attention of whole-frame queries against all keys: the one core of `litefocus_attention`
+    (Tq == T) and of `sequence_parallel.litefocus_attention` (a device's query block against all-gathered keys).
+
+    Queries regroup into F rows of Tq frames, keys into F rows of T frames; the K gathered compensation keys are
+    appended to every key row ("exact" mode: a (B*F, T + K) keep flag drops, in row f, those with index % F == f);
+    one `attend` (batch B*F) runs, and the result goes back to token order.
+
+    Args:
+      q: (B, Tq * F, H, D) queries: Tq whole time frames (token n = t * F + f), Tq <= T.
+      k, v: (B, T * F, H, D) the keys and values of all T frames.
+      freq_bins: F (a static Python int).
+      comp_index: (K,) int array of token indices into k/v's T * F tokens; unused (may be None) when
+        cross_frequency is False.
+      duplicates, same_frequency, cross_frequency, implementation: as `litefocus_attention`.
+      scale: logits scale.
+
+    Does no argument checks (like `attend`): pass what `litefocus_attention`'s checks accept, with q's token
+    axis a whole-frame block of k's. Returns (B, Tq * F, H, D) in q's dtype.
+    """
     run = partial(attend, scale=scale, implementation=implementation)
     if not same_frequency:
         # Every query sees the same K keys, so neither regrouping nor duplicate handling is needed.
@@ -187,7 +241,7 @@ def litefocus_attention(
 
     k_all = _append_compensation(k_rows, _gather_tokens(k, comp_index), batch)
     v_all = _append_compensation(v_rows, _gather_tokens(v, comp_index), batch)
-    keep = _exact_keep(comp_index, batch, freq_bins, q_rows.shape[1]) if duplicates == "exact" else None
+    keep = _exact_keep(comp_index, batch, freq_bins, k_rows.shape[1]) if duplicates == "exact" else None
     return _from_rows(run(q_rows, k_all, v_all, kv_keep=keep), batch, freq_bins)
 
 
@@ -234,8 +288,23 @@ def _exact_keep(comp_index, batch, freq_bins, t):
     return jnp.broadcast_to(keep[None], (batch, freq_bins, t + k)).reshape(batch * freq_bins, t + k)
 
 
-def _validate(q, k, v, freq_bins, comp_index, duplicates, same_frequency, cross_frequency, implementation):
-    """Eager argument checks whose messages say what was wrong and how to fix it."""
+def check_litefocus_args(
+    q,
+    k,
+    v,
+    *,
+    freq_bins: int,
+    comp_index,
+    duplicates: Duplicates,
+    same_frequency: bool,
+    cross_frequency: bool,
+    implementation: Implementation,
+):
+    """The eager argument checks of `litefocus_attention` (and of its sequence-parallel form, on the global
+    arrays), whose messages say what was wrong and how to fix it. Returns comp_index as a jax array (None
+    stays None; unchanged when cross_frequency is False)."""
+    if cross_frequency and comp_index is not None:
+        comp_index = jnp.asarray(comp_index)
     if not (same_frequency or cross_frequency):
         raise ValueError(
             "litefocus_attention: same_frequency=False and cross_frequency=False leave every query without "
@@ -254,6 +323,7 @@ def _validate(q, k, v, freq_bins, comp_index, duplicates, same_frequency, cross_
     _validate_freq_bins(freq_bins, q.shape[1])
     if cross_frequency:
         _validate_comp_index(comp_index, same_frequency)
+    return comp_index
 
 
 def _validate_qkv(q, k, v):

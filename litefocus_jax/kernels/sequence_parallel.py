@@ -6,14 +6,14 @@ which needs keys from every device, runs here behind one `shard_map` boundary:
 
   q (B, N, H, D) tokens split over "seq" (and the batch over "data" when it divides) stay local, k and v are
   all-gathered (tiled) over "seq" only, never over "data", and the unchanged local kernel
-  (`kernels.attention.attend` through `dot_product_attention`, or the LiteFocus row form) runs on the local
+  (`kernels.attention.attend` through `dot_product_attention`, or `kernels.attention.litefocus_rows`) runs on the local
   queries against all keys: 2 all-gathers per call, no all-to-all, logits at most (N / seq) x N per device.
 
 LiteFocus rows: token n = t * F + f, so a time block is a contiguous token block and the local queries are whole
-time frames. Each device regroups its queries into F rows of T / seq frames and the gathered keys into F rows of T
-frames; the K compensation tokens are taken from the gathered K/V by their global index (no extra collective, one
-compile for every seed), and "exact" mode keeps its per-row keep flags. The result equals the single-device
-`litefocus_attention` up to float rounding.
+time frames. Each device runs the one-device row core, `kernels.attention.litefocus_rows`, on them: its queries
+regroup into F rows of T / seq frames and the gathered keys into F rows of T frames; the K compensation tokens are
+taken from the gathered K/V by their global index (no extra collective, one compile for every seed), and "exact"
+mode keeps its per-row keep flags. The result equals the single-device `litefocus_attention` up to float rounding.
 
 Routing: `sequence_parallel(mesh)` is a trace-time context. Self-attention in `models/attention_processor.py` reads
 `current_mesh()` while it is traced; outside the context (or with no "seq" axis of size > 1) the single-device
@@ -112,36 +112,35 @@ def litefocus_attention(
     q, k, v: (B, T * F, H, D), token n = t * F + f, T divisible by the "seq" size; comp_index (K,) global token
     indices (replicated). Returns (B, T * F, H, D), sharded like q.
     """
-    if cross_frequency and comp_index is not None:
-        comp_index = jnp.asarray(comp_index)
-    one_device._validate(q, k, v, freq_bins, comp_index, duplicates, same_frequency, cross_frequency, implementation)
+    comp_index = one_device.check_litefocus_args(
+        q,
+        k,
+        v,
+        freq_bins=freq_bins,
+        comp_index=comp_index,
+        duplicates=duplicates,
+        same_frequency=same_frequency,
+        cross_frequency=cross_frequency,
+        implementation=implementation,
+    )
     _check_tokens(q.shape[1], mesh, "the time frames T", unit=freq_bins)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if not cross_frequency or comp_index is None:
         comp_index = jnp.zeros((0,), jnp.int32)  # shard_map needs an array; unused
     spec = token_spec(mesh, q.shape[0])
-    local = partial(
-        _litefocus_local,
+    rows = partial(
+        one_device.litefocus_rows,
         freq_bins=freq_bins,
         duplicates=duplicates,
         same_frequency=same_frequency,
         cross_frequency=cross_frequency,
-        run=partial(one_device.attend, scale=scale, implementation=implementation),
+        scale=scale,
+        implementation=implementation,
     )
+
+    def local(q, k, v, comp_index):
+        """Local queries (B, T/seq * F, H, D) against the gathered keys (B, T * F, H, D)."""
+        return rows(q, _gather(k), _gather(v), comp_index=comp_index)
+
     return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()), out_specs=spec, check_vma=False)(q, k, v, comp_index)
-
-
-def _litefocus_local(q, k, v, comp_index, *, freq_bins, duplicates, same_frequency, cross_frequency, run):
-    """Local queries (B, T/seq * F, H, D) against the gathered keys: the row form of `litefocus_attention`."""
-    k, v = _gather(k), _gather(v)
-    if not same_frequency:
-        return run(q, one_device._gather_tokens(k, comp_index), one_device._gather_tokens(v, comp_index))
-    batch = q.shape[0]
-    q_rows, k_rows, v_rows = (one_device._to_rows(x, freq_bins) for x in (q, k, v))
-    if not cross_frequency:
-        return one_device._from_rows(run(q_rows, k_rows, v_rows), batch, freq_bins)
-    k_all = one_device._append_compensation(k_rows, one_device._gather_tokens(k, comp_index), batch)
-    v_all = one_device._append_compensation(v_rows, one_device._gather_tokens(v, comp_index), batch)
-    keep = one_device._exact_keep(comp_index, batch, freq_bins, k_rows.shape[1]) if duplicates == "exact" else None
-    return one_device._from_rows(run(q_rows, k_all, v_all, kv_keep=keep), batch, freq_bins)

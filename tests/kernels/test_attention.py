@@ -23,6 +23,7 @@ from litefocus_jax.kernels import attention, chunked
 from litefocus_jax.kernels.attention import (
     dot_product_attention,
     litefocus_attention,
+    litefocus_rows,
     num_compensation_tokens,
 )
 
@@ -105,6 +106,31 @@ def test_custom_scale_and_jit_with_traced_index():
         ref = masked_dense_reference(q, k, v, freq_bins, idx, "exact", True, True, 0.5)
         assert _max_err(fn(q, k, v, comp_index=idx), ref) < ATOL
     assert fn._cache_size() == 1
+
+
+@pytest.mark.parametrize("duplicates", ["official", "exact"])
+@pytest.mark.parametrize("same_frequency,cross_frequency", [(True, True), (True, False), (False, True)])
+def test_rows_of_a_query_block_equal_that_block_of_the_full_call(duplicates, same_frequency, cross_frequency):
+    """litefocus_rows on frames [t0, t1) of the queries against all keys (the sequence-parallel local call) is
+    that token block of litefocus_attention, which is litefocus_rows with every frame."""
+    freq_bins, t = 4, 12
+    n = t * freq_bins
+    q, k, v = _qkv(31, n)
+    idx = jnp.asarray(_comp_index(32, n, 0.25)) if cross_frequency else None
+    form = dict(
+        freq_bins=freq_bins,
+        comp_index=idx,
+        duplicates=duplicates,
+        same_frequency=same_frequency,
+        cross_frequency=cross_frequency,
+        implementation="xla",
+    )
+    full = litefocus_attention(q, k, v, **form)
+    np.testing.assert_array_equal(np.asarray(litefocus_rows(q, k, v, scale=D**-0.5, **form)), np.asarray(full))
+    for t0, t1 in ((0, 3), (3, 6), (9, 12), (2, 11)):
+        block = litefocus_rows(q[:, t0 * freq_bins : t1 * freq_bins], k, v, scale=D**-0.5, **form)
+        assert block.shape == (B, (t1 - t0) * freq_bins, H, D)
+        np.testing.assert_allclose(np.asarray(block), np.asarray(full[:, t0 * freq_bins : t1 * freq_bins]), atol=1e-6)
 
 
 # --- agreement with the released algorithm (torch) ---------------------------------------------------------

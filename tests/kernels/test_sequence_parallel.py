@@ -1,7 +1,8 @@
 """Sequence-parallel self-attention (litefocus_jax.kernels.sequence_parallel) on 4 fake CPU devices: dense and every
 LiteFocus form equal the one-device kernels, each call is 2 all-gathers over "seq" and nothing else, and a time axis
-that does not split evenly is a clear error. Fake devices need XLA_FLAGS before jax starts: one subprocess (this file
-run as a script) does every check and reports JSON."""
+that does not split evenly is a clear error; and, lowered for TPU from this CPU machine at the level-1 geometry of 80 s,
+the Pallas kernel runs inside the shard_map with no logits-sized array. Fake devices need XLA_FLAGS before jax starts:
+one subprocess (this file run as a script) does every check and reports JSON."""
 
 from __future__ import annotations
 
@@ -68,6 +69,46 @@ def worker() -> dict:
         sp.litefocus_attention(qs, qs, qs, mesh=make_mesh(1, 4), freq_bins=F, comp_index=comp % (6 * F))
     except ValueError as e:
         out["uneven_error"] = str(e)
+    out["tpu"] = tpu_exports(make_mesh(1, 4))
+    return out
+
+
+def tpu_exports(mesh) -> dict:
+    """The level-1 self-attention at 80 s (B = 2, T = 1000 frames x F = 8 bins, 8 heads of 32, K = 800, bf16) on
+    seq = 4, exported for TPU: {case: devices, all-gathers, Pallas calls, largest array, logits-sized arrays}."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from litefocus_jax.kernels import export_check
+    from litefocus_jax.kernels import sequence_parallel as sp
+
+    n, scale = 8000, 32**-0.5
+    x = jax.ShapeDtypeStruct((2, n, 8, 32), jnp.bfloat16, sharding=NamedSharding(mesh, P(None, "seq")))
+    idx = jax.ShapeDtypeStruct((800,), jnp.int32, sharding=NamedSharding(mesh, P()))
+
+    def rows(mode):
+        return lambda q, k, v, i: sp.litefocus_attention(
+            q, k, v, mesh=mesh, freq_bins=8, comp_index=i, duplicates=mode, scale=scale
+        )
+
+    cases = {
+        "dense": (lambda q, k, v: sp.attend(q, k, v, mesh=mesh, scale=scale), (x, x, x)),
+        "official": (rows("official"), (x, x, x, idx)),
+        "exact": (rows("exact"), (x, x, x, idx)),
+    }
+    out = {}
+    for name, (fn, args) in cases.items():
+        exported = export_check.export_for_platform(fn, *args, platforms="tpu")
+        text = exported.mlir_module()
+        out[name] = dict(
+            devices=exported.nr_devices,
+            all_gathers=text.count("stablehlo.all_gather"),
+            pallas=text.count("tpu_custom_call"),
+            largest=export_check.largest_tensor_bytes(text)[1],
+            logits=[str(t) for t in export_check.tensors_reaching(text, n // 4 * n)],  # local queries x all keys
+        )
     return out
 
 
@@ -99,6 +140,15 @@ def test_two_all_gathers_per_call(report):
 
 def test_uneven_time_axis_is_a_clear_error(report):
     assert "the time frames T = 6 does not divide into seq = 4 equal blocks" in report["uneven_error"]
+
+
+def test_lowers_for_tpu_with_pallas_inside_and_no_logits(report):
+    """A TPU program from CPU (jax.export): the Pallas kernel inside the shard_map, K and V gathered, and no array
+    as large as the local logits (2000 x 8000 per head) in HBM; the largest are the (gathered) K/V rows."""
+    for case, got in report["tpu"].items():
+        assert got["devices"] == 4 and got["all_gathers"] == 2 and got["pallas"] == 1, (case, got)
+        assert got["logits"] == [], (case, got)
+    assert report["tpu"]["official"]["largest"] == "16x8x1920x128xbf16", report["tpu"]  # B*F rows, 1000 + 800 keys
 
 
 def test_context_is_off_without_a_seq_axis():
