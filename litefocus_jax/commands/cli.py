@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bars (denoising steps of one item, items of a batch)")
     g.add_argument(
         "--mesh",
-        help="data=D,seq=S: one clip across D x S local devices, its latent time axis split over S (sequence parallelism, "
-        "README); default: items split over all local devices",
+        help="data=D,seq=S: one clip across D x S devices, its latent time axis split over S (sequence parallelism, "
+        "README); in a multi-process launch D x S may be all processes' devices: then they generate every item "
+        "together and process 0 writes; default: items split over all local devices",
     )
 
     c = sub.add_parser("convert", help="convert a diffusers AudioLDM2 snapshot to litefocus_jax safetensors", add_help=False)
@@ -156,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ generate
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def cmd_generate(args) -> int:
@@ -269,9 +270,11 @@ def cmd_generate(args) -> int:
         **({"weights": "random"} if root == TINY else {}),
     )
     pi, pc = jax.process_index(), jax.process_count()
+    together = parallel.spans_processes(mesh)  # one mesh across the processes: every item in lockstep
     print(
         f"{len(good)} item(s) on {mesh.devices.size} {jax.default_backend()} device(s)"
-        + (f", process {pi} of {pc} (items i % {pc} == {pi})" if distributed or pc > 1 else ""),
+        + (f", process {pi} of {pc} (items i % {pc} == {pi})" if (distributed or pc > 1) and not together else "")
+        + (f", process {pi} of {pc} on one mesh across processes (all items; process 0 writes)" if together else ""),
         file=sys.stderr,
     )
     try:
@@ -297,8 +300,16 @@ def cmd_generate(args) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished items are in the manifest; run the same command again to resume.", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # jax.errors.JaxRuntimeError: a collective lost a process of the shared mesh
+        if not together:
+            raise
+        return _fail(
+            f"a process of the mesh across processes is gone ({type(e).__name__}: {str(e)[:300]}); the items "
+            "finished so far are in the manifest: run the same command again to resume.",
+            code=1,
+        )
     failures += result.failed
-    if pc > 1:  # process 0 waits for the others (it hosts JAX's coordination service), then says who wrote what
+    if pc > 1 and not together:  # process 0 waits for the others (it hosts JAX's coordination service), then says who wrote what
         from litefocus_jax.tools.batch import read_manifests
         from litefocus_jax.tools.fleet import report_fleet
 

@@ -17,7 +17,9 @@ Multi-host: under a multi-process launcher (JAX_COORDINATOR_ADDRESS, SLURM with 
 pod) `jax.distributed.initialize()` runs first (tools/fleet.py: timeouts, recoverability, the exit of process
 0). Process k first generates items i with i % process_count == k, then any item nobody holds (a slow or dead
 peer's), on a mesh of its local devices (data parallelism needs no cross-host traffic), and writes its own
-manifest (`manifest.p00001-of-00004.jsonl`); resumption reads all `manifest*.jsonl` files.
+manifest (`manifest.p00001-of-00004.jsonl`); resumption reads all `manifest*.jsonl` files. With a mesh across
+processes (`--mesh` larger than one process's devices) all processes generate every item together, in lockstep:
+process 0 decides what is pending and which batch is next (`parallel.from_process_0`) and alone writes files.
 
 Several runs on one folder (a fleet, or the same command in two shells): an item is generated only under its
 claim (`.claims/<index>`, tools/fleet.py::Claims), taken just before its batch and dropped once its manifest
@@ -336,24 +338,42 @@ def run_batch(
     mesh = mesh if mesh is not None else local_mesh()
     ndev = mesh.shape["data"]  # batch rows split over "data" only; a "seq" axis splits each clip
     exit_after, nan_items = _test_hooks()
+    import jax
 
-    done = read_manifests(out)
-    pending = []
-    for it in items:
-        rec = done.get(it.index)
-        want = dict(settings, prompt=it.prompt, negative_prompt=it.negative_prompt, seed=it.seed, seconds=it.seconds)
-        want["transcription"] = it.transcription
-        if rec is not None and any(rec.get(k) != want.get(k) for k in KEY_FIELDS):
-            diff = [k for k in KEY_FIELDS if rec.get(k) != want.get(k)]
-            raise ValueError(
-                f"{out} already holds item {it.index} made with different {diff} ({rec.get('file')}); use another "
-                "--out-dir, or delete that folder's results to start over."
-            )
-        if rec is not None and (out / rec["file"]).is_file():
-            if it.index % process_count == process_index:
-                result.skipped.append(it.index)
-            continue
-        pending.append(it)
+    from litefocus_jax.pipelines.audioldm2 import parallel
+
+    # a mesh across processes: they generate every item together, one manifest, process 0 decides and writes
+    together = parallel.spans_processes(mesh)
+    writer = not together or jax.process_index() == 0
+    if together:
+        process_index, process_count = 0, 1
+        parallel.same_everywhere(
+            mesh,
+            "items and settings",
+            ([dataclasses.astuple(it) for it in items], repr({k: v for k, v in settings.items() if k != "model"})),
+        )
+    by_index = {it.index: it for it in items}
+
+    def sort_out():  # (skipped, pending) item indices
+        done, skipped, pending = read_manifests(out), [], []
+        for it in items:
+            rec = done.get(it.index)
+            want = dict(settings, prompt=it.prompt, negative_prompt=it.negative_prompt, seed=it.seed, seconds=it.seconds)
+            want["transcription"] = it.transcription
+            if rec is not None and any(rec.get(k) != want.get(k) for k in KEY_FIELDS):
+                diff = [k for k in KEY_FIELDS if rec.get(k) != want.get(k)]
+                raise ValueError(
+                    f"{out} already holds item {it.index} made with different {diff} ({rec.get('file')}); use another "
+                    "--out-dir, or delete that folder's results to start over."
+                )
+            if rec is not None and (out / rec["file"]).is_file():
+                skipped += [it.index] if it.index % process_count == process_index else []
+                continue
+            pending.append(it.index)
+        return skipped, pending
+
+    result.skipped, pending = parallel.from_process_0(mesh, sort_out)
+    pending = [by_index[i] for i in pending]
     if result.skipped:
         log(f"resuming: {len(result.skipped)} item(s) already done in {out}, {len(pending)} to go")
 
@@ -386,8 +406,14 @@ def run_batch(
             speaking = getattr(pipe, "speech", False)  # speech items carry a transcription (pipelines/audioldm2/speech.py)
             t5_len = None if speaking else max(pipe.t5_length(it.prompt) for it in shape_items[frames])
             queue = list(bucket)
-            while queue:
+
+            def next_batch():  # (chunk, passed over, left in the queue) item indices
                 chunk, passed = claims.take_batch(queue, per_chunk, lambda c: _finished(out, c))
+                return [it.index for it in chunk], passed, [it.index for it in queue]
+
+            while queue:
+                chunk, passed, queue = parallel.from_process_0(mesh, next_batch)
+                chunk, queue = [by_index[i] for i in chunk], [by_index[i] for i in queue]
                 result.elsewhere += passed
                 bar.update(len(passed))
                 if not chunk:
@@ -430,6 +456,10 @@ def run_batch(
                         bar.update(1)
                         continue
                     name = file_name(it)
+                    if not writer:  # generated together with process 0, which writes it
+                        result.written.append(it.index)
+                        bar.update(1)
+                        continue
                     if save_npy_too:
                         save_npy(out / (name[:-4] + ".npy"), audio)
                     from litefocus_jax.utils.io import save_wav

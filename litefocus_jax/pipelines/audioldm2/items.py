@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from litefocus_jax.litefocus.plan import LiteFocusConfig
-from litefocus_jax.pipelines.audioldm2 import speech
+from litefocus_jax.pipelines.audioldm2 import parallel, speech
 from litefocus_jax.pipelines.audioldm2.progress import run_hooked
 
 
@@ -57,8 +57,7 @@ class ItemBatches:
         key = (mesh, names)
         cache = self._replicated_params
         if key not in cache:
-            rep, _ = shardings(mesh)
-            cache[key] = jax.device_put(self._params(*names), rep)
+            cache[key] = parallel.replicate(mesh, self._params(*names))  # across processes: each its own copy
         return cache[key]
 
     def generate_items(
@@ -92,7 +91,9 @@ class ItemBatches:
           prompts, negative_prompts, seeds: one entry per item ("" = no negative prompt).
           audio_length_in_s: one length, or one per item; all must share one latent length (a bucket). Each
             waveform is trimmed to its own length.
-          mesh: a `jax.sharding.Mesh` with a "data" axis: params replicated, latents and text states split.
+          mesh: a `jax.sharding.Mesh` with a "data" axis: params replicated, latents and text states split. A mesh
+            across processes (`parallel.make_mesh`, with its "seq" axis): every process calls with the same items and
+            gets every waveform; the inputs are process 0's (`parallel.inputs`).
           pad_to: pad the batch (repeating the last item) to this many rows; must be a multiple of the mesh
             size. Padding rows are computed and dropped. Default: the next multiple of the mesh size.
           t5_length: pad T5 states to this length (>= every item's own) so a bucket compiles once.
@@ -185,7 +186,7 @@ class ItemBatches:
         else:
             unet_params, dec_params = self._replicated(mesh, "unet")["unet"], self._replicated(mesh, "vae", "vocoder")
             replicated, data = shardings(mesh)
-            put = partial(jax.device_put, device=data)
+            put = jnp.asarray if parallel.spans_processes(mesh) else partial(jax.device_put, device=data)
         # the UNet batch with guidance is [negatives; positives]: 2 * rows, still a multiple of the mesh size
         args = (
             unet_params,
@@ -197,7 +198,9 @@ class ItemBatches:
             comp,
             put(item_keys),
         )
-        if mesh is not None:
+        if parallel.spans_processes(mesh):  # process 0's inputs, replicated; the ("data", "seq") program splits them
+            args = parallel.inputs(mesh, args)
+        elif mesh is not None:
             args = args[:5] + (jax.device_put(args[5], replicated), jax.device_put(args[6], replicated), args[7])
         hooked = callback is not None or bool(progress)
         denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh, hooked=hooked)
@@ -207,5 +210,5 @@ class ItemBatches:
         else:
             final = self._compiled(key, denoise, *args)(*args)
         decode = self._decode_fn(mesh)
-        audio = np.asarray(self._compiled(("decode", mesh), decode, dec_params, final)(dec_params, final))
+        audio = parallel.to_host(self._compiled(("decode", mesh), decode, dec_params, final)(dec_params, final))
         return [audio[i, : samples[i]].copy() for i in range(n)]

@@ -393,6 +393,8 @@ class AudioLDM2Pipeline(ItemBatches):
         cfg = guidance_scale > 1.0
         litefocus, comp = self._comp_schedule(litefocus, shape[1:], num_inference_steps)
         parallel.check_length(self, shape[1], mesh)  # a mesh's length rule fails before encoding
+        call = (prompts, negatives, transcription, shape, num_inference_steps, guidance_scale, seed, litefocus, eta, latents)
+        parallel.same_everywhere(mesh, "arguments", call + (num_waveforms_per_prompt, rerank, max_new_tokens, bool(progress)))
 
         transcriptions = speech.check_transcription(self, transcription, prompts, max_new_tokens)
         if transcriptions is None:
@@ -409,14 +411,15 @@ class AudioLDM2Pipeline(ItemBatches):
         denoise = self._denoise_fn(num_inference_steps, cfg, litefocus, float(eta), mesh, hooked=hooked)
         unet_params = parallel.params(self, mesh, "unet")["unet"]
         args = (unet_params, latents, t5, t5_mask, generated, jnp.asarray(guidance_scale, jnp.float32), comp, item_keys)
+        args = parallel.inputs(mesh, args)  # a mesh across processes: process 0's inputs, replicated
         if hooked:
             key = ("denoise", num_inference_steps, cfg, litefocus, float(eta), mesh, "hooked")
             final = run_hooked(self, key, denoise, args, callback=callback, progress=progress)
         else:
             final = denoise(*args)
         audio = self._decode_fn(mesh)(parallel.params(self, mesh, "vae", "vocoder"), final)
-        audio = np.asarray(audio)[:, :samples]
-        final = np.asarray(final, np.float32) if output_latents else None
+        audio = parallel.to_host(audio)[:, :samples]  # every process gets the whole batch
+        final = parallel.to_host(final).astype(np.float32) if output_latents else None
         scores = chosen = None
         if scoring:
             rows, scores, chosen = clap_rerank.rerank(self, prompts, audio, num_candidates, num_waveforms_per_prompt)
