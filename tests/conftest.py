@@ -6,9 +6,18 @@ fails the parity tests, it never skips them.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
+# One persistent XLA cache per test session, shared by the xdist workers and the subprocesses tests start (they
+# inherit the environment): a program the tiny pipeline compiles in one process is loaded, not recompiled, in the
+# next. It changes test time only; a fresh folder per session, removed at its end.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="litefocus-jax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 import jax
 
 jax.config.update("jax_default_matmul_precision", "highest")
