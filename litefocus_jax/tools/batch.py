@@ -39,8 +39,6 @@ manifest line adds `candidate` (which one), `clap_score` (its cosine similarity 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import glob
 import hashlib
 import json
 import math
@@ -55,9 +53,8 @@ import numpy as np
 
 from litefocus_jax.pipelines.audioldm2.progress import batch_steps
 from litefocus_jax.tools.fleet import Claims
-from litefocus_jax.utils.io import atomic_file
+from litefocus_jax.tools.manifest import append_line, manifest_path, read_manifests, save_npy
 
-MANIFEST_GLOB = "manifest*.jsonl"
 # the manifest fields that must match for a finished item to count as this run's result
 KEY_FIELDS = (
     "prompt",
@@ -188,43 +185,6 @@ def check_writable(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def manifest_path(out_dir: Path, process_index: int = 0, process_count: int = 1) -> Path:
-    if process_count == 1:
-        return out_dir / "manifest.jsonl"
-    return out_dir / f"manifest.p{process_index:05d}-of-{process_count:05d}.jsonl"
-
-
-def read_manifests(out_dir: Path) -> dict[int, dict]:
-    """{item index: its last manifest record} over every manifest*.jsonl (a torn last line is ignored)."""
-    records = {}
-    for path in sorted(glob.glob(str(out_dir / MANIFEST_GLOB))):
-        for raw in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(raw)
-                records[int(rec["index"])] = rec
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash: that item is simply not done
-    return records
-
-
-def append_line(path: Path, record: dict) -> None:
-    """Append one JSON line, flushed and fsynced, so a finished item survives a crash right after; under an
-    exclusive lock, as two runs in one folder may append to the same manifest."""
-    with open(path, "a", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_npy(path: Path, audio: np.ndarray) -> None:
-    def write(tmp: Path):
-        with open(tmp, "wb") as f:
-            np.save(f, audio)
-
-    atomic_file(path, write)
-
-
 def maybe_initialize_distributed(environ=None) -> bool:
     """Call `jax.distributed.initialize()` when launched by a multi-process launcher; True if it did.
 
@@ -288,13 +248,18 @@ def _buckets(items: Sequence[Item], frames_of: dict[int, int]) -> dict[int, list
     return buckets
 
 
+def _done(out: Path, indices: Sequence[int]) -> set[int]:
+    """Those of `indices` done in `out` (a manifest line and its file), by any run."""
+    done = read_manifests(out)
+    return {i for i in indices if i in done and (out / done[i]["file"]).is_file()}
+
+
 def _finished(out: Path, chunk: Sequence[Item]) -> set[int]:
     """The items of `chunk` that another run finished since this one started; clears their stale temporaries."""
-    done = read_manifests(out)
     for it in chunk:
         for stale in out.glob(f".{file_name(it)}.tmp-*"):  # claimed by us now: left by a hard kill mid-write
             stale.unlink(missing_ok=True)
-    return {it.index for it in chunk if it.index in done and (out / done[it.index]["file"]).is_file()}
+    return _done(out, [it.index for it in chunk])
 
 
 def run_batch(
@@ -397,8 +362,14 @@ def run_batch(
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
     )
     written_now = 0
+
+    def stragglers():  # items passed over while live runs held them, once free again (their run died or failed them)
+        return claims.wait_for_held(list(dict.fromkeys(result.elsewhere)), lambda idx: _done(out, idx), log)
+
+    work = [fb for todo in passes for fb in sorted(_buckets(todo, frames_of).items())]
     try:
-        for frames, bucket in [(f, b) for todo in passes for f, b in sorted(_buckets(todo, frames_of).items())]:
+        while work:
+            frames, bucket = work.pop(0)
             n = candidates
             rows = min(-(-max(batch_size, n) // ndev) * ndev, -(-len(shape_items[frames]) * n // ndev) * ndev)
             per_chunk = max(1, rows // n)  # items per batch; each takes n rows
@@ -440,6 +411,7 @@ def run_batch(
                 except (ValueError, RuntimeError) as e:  # e.g. a length the UNet cannot take: fail these, go on
                     for it in chunk:
                         result.failed.append(Failure(f"item {it.index}", f"{type(e).__name__}: {e}"))
+                        claims.release(it.index)  # free for another run (a peer waiting on it tries it once)
                     bar.update(len(chunk))
                     continue
                 if pipe.compile_seconds > compiled:
@@ -453,6 +425,7 @@ def run_batch(
                         audio = np.full_like(audio, np.nan)
                     if not np.isfinite(audio).all():
                         result.failed.append(Failure(f"item {it.index}", "the output contains NaN or Inf; nothing written"))
+                        claims.release(it.index)
                         bar.update(1)
                         continue
                     name = file_name(it)
@@ -487,6 +460,11 @@ def run_batch(
                     written_now += 1
                     result.written.append(it.index)
                     bar.update(1)
+            if not work:  # the last batch: wait while live runs hold items passed over; take over any they drop
+                free = parallel.from_process_0(mesh, stragglers)
+                result.elsewhere = [i for i in result.elsewhere if i not in free]
+                bar.update(-len(free))
+                work = sorted(_buckets([by_index[i] for i in free], frames_of).items())
     finally:
         claims.close()  # failed or unfinished items become free for the next run
         bar.close()

@@ -326,9 +326,28 @@ class Claims:
             chunk.remove(it)
             self.release(it.index)
             passed.append(it.index)
-        if chunk and os.environ.get("LITEFOCUS_JAX_TEST_KILL") == "claimed":
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die holding claims, before any output
+        kill, _, gate = os.environ.get("LITEFOCUS_JAX_TEST_KILL", "").partition(":")
+        if chunk and kill == "claimed":  # test hook: die holding claims, before any output (once `gate` exists)
+            while gate and not os.path.exists(gate):
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
         return chunk, passed
+
+    def wait_for_held(self, indices: list[int], done: Callable[[list[int]], set[int]], log: Callable[[str], None]) -> list[int]:
+        """Of `indices` (items this run passed over because live runs held them), block while every unfinished one
+        (`done(indices)`: the finished ones) is still held by a live run; return the unfinished ones now free to take
+        (their claim dropped, or its owner dead), [] once all are finished. A run that dies holding items thus does
+        not leave them undone while another run is still there."""
+        said = False
+        while True:
+            left = sorted(set(indices) - done(indices))
+            free = [i for i in left if (owner := self.holder(i)) is None or (owner and not self.owner_alive(owner))]
+            if free or not left:
+                return free
+            if not said:
+                log(f"waiting for {len(left)} item(s) held by other runs ({_ranges(left)}); taking over any whose run dies")
+                said = True
+            time.sleep(min(5.0, self.stale / 10))
 
     def _break(self, index: int, owner: dict) -> None:
         """Move a dead owner's claim aside; of several processes doing this at once only one renames it."""

@@ -255,3 +255,29 @@ def test_two_shells_same_command_same_out_dir(setup, killed_fleet, tmp_path):
     for name in [p.name for p in tmp_path.glob("*.wav")]:  # the same audio whichever run or batch made it
         mine, theirs = sf.read(tmp_path / name)[0], sf.read(killed_fleet[0] / name)[0]
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1.0 / 32768)  # one 16-bit step
+
+
+def test_a_run_that_dies_holding_items_another_passed_over(setup, killed_fleet, tmp_path):
+    """Two shells: run B claims items 0-3 and holds them; run A passes over them, generates item 4, then waits
+    instead of leaving them undone; B is SIGKILLed; A takes 0-3 over and writes all 5 (exit 0)."""
+    gate = tmp_path / "die"
+    (b,) = run_together(setup, tmp_path, [{"LITEFOCUS_JAX_TEST_KILL": f"claimed:{gate}"}], wait=False)
+    procs = [b]
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((tmp_path / ".claims").glob("0000[0-3]"))) < 4:  # B holds its first batch
+            assert time.monotonic() < deadline and b.poll() is None, b.stderr_text()[-2000:]
+            time.sleep(0.2)
+        (a,) = run_together(setup, tmp_path, [{}], wait=False)
+        procs.append(a)
+        while "waiting for 4 item(s) held by other runs (0-3)" not in a.stderr_text():
+            assert time.monotonic() < deadline and a.poll() is None, a.stderr_text()[-2000:]
+            time.sleep(0.2)
+        assert manifest_indices(tmp_path) == [4]
+        gate.touch()
+        assert b.wait(timeout=60) == -signal.SIGKILL
+        code = a.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        stop(procs)
+    assert code == 0 and "written 5, skipped (already done) 0, failed 0" in a.stderr_text(), a.stderr_text()[-3000:]
+    assert manifest_indices(tmp_path) == ALL and len(list(tmp_path.glob("*.wav"))) == 5
